@@ -1,0 +1,80 @@
+"""NodeConfig: what `swarmloop node serve` and `swarmloop node batch` read from configs/node.toml.
+
+Torch-free. Validated with extra="forbid" everywhere, so a misspelled key is a one-line error
+(see swarmloop.configfile.load_config). The defaults here are the ones in configs/node.toml.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from inference.model_refs import DEFAULT_MODEL_REF
+
+Consent = Literal["off", "local", "share"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Seconds uvicorn waits for open connections on SIGINT/SIGTERM before closing them.
+    graceful_shutdown_s: float = Field(5.0, ge=0)
+
+
+class ModelConfig(_Strict):
+    ref: str = DEFAULT_MODEL_REF
+    # float32: bfloat16 is a little faster for one sequence on this CPU but several times slower
+    # for prefill and batched decoding, which is what a node spends its time on (bench/RESULTS.md).
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    # torch intra-op threads; 0 keeps torch's default (one per core). On a machine shared with
+    # other busy jobs, 1 is much faster: threads that wait on each other stall every small op.
+    threads: int = Field(0, ge=0)
+
+    def apply_threads(self) -> None:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+
+class LimitsConfig(_Strict):
+    max_prompt_tokens: int = Field(4096, ge=1)
+    max_tokens_cap: int = Field(1024, ge=1)          # largest max_tokens a request may ask for
+    default_max_tokens: int = Field(256, ge=1)       # used when a request gives none (capped by max_tokens_cap)
+    max_n: int = Field(8, ge=1)                      # largest `n` (choices) per request
+    max_batch_size: int = Field(8, ge=1)             # rows decoded together
+    queue_size: int = Field(64, ge=1)                # waiting requests before 429
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LimitsConfig":
+        if self.max_n > self.max_batch_size:
+            raise ValueError("max_n must not exceed max_batch_size (the n rows of a request share one batch)")
+        return self
+
+
+class NodeConfig(_Strict):
+    consent: Consent = "off"
+    store: Path | None = None                        # node-local trace store (SQLite); needed unless consent is off
+    node_id: str | None = None                       # default: derived stably, see resolved_node_id()
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    privacy: dict[str, Any] | None = None           # passed through to the capture hook as is
+
+    def resolved_node_id(self) -> str:
+        """A stable id: the configured one, else derived from the store path, else host name + port."""
+        if self.node_id:
+            return self.node_id
+        if self.store is not None:
+            basis = str(Path(self.store).expanduser().resolve())
+        else:
+            basis = f"{socket.gethostname()}:{self.server.port}"
+        return "node-" + hashlib.sha256(basis.encode()).hexdigest()[:12]

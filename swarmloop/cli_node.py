@@ -1,0 +1,180 @@
+"""`swarmloop node serve` and `swarmloop node batch`.
+
+Torch, transformers and the server are imported inside the commands so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from swarmloop.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+CONSENT_HELP = ("Trace capture: off (default, nothing is stored), local (privacy-filtered traces stay in the "
+                "store), share (also usable for federated training). local/share need --store.")
+
+
+def load_node_config(config: Optional[Path], overrides: dict[str, Any]):
+    from inference.config import NodeConfig
+    from swarmloop.configfile import load_config
+
+    return load_config(config, NodeConfig, overrides)
+
+
+def build_capture_hook(config) -> Any:
+    """The trace-capture hook, or None when consent is off (then nothing is stored, not one byte)."""
+    if config.consent == "off":
+        return None
+    if config.store is None:
+        raise UserError(f"consent {config.consent!r} needs a trace store: pass --store PATH or set `store` in the config")
+    try:
+        from inference.capture import build_capture_hook as build
+    except ModuleNotFoundError as exc:
+        if exc.name == "inference.capture":
+            raise UserError("trace capture is not available in this installation (inference.capture is missing)") from None
+        raise
+    return build(Path(config.store), config.resolved_node_id(), config.consent, config.privacy)
+
+
+def _check_ref(ref: str) -> None:
+    from inference.model_refs import parse_model_ref
+
+    parse_model_ref(ref)  # a malformed ref is a one-line error before anything starts
+
+
+def _setup_logging(console) -> None:
+    if console.is_terminal:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=console, show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("swarmloop")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _status_text(state, url: str) -> str:
+    identity = state.identity
+    if state.status == "ready" and identity is not None:
+        engine = state.engine
+        return (f"[green]●[/] serving {identity.ref} {identity.version} on {url} · "
+                f"{state.requests_served} served · {engine.active_rows} decoding · {engine.queue_depth} queued")
+    if state.status == "failed":
+        return f"[red]●[/] {state.error}"
+    return f"[yellow]●[/] loading {state.config.model.ref} · listening on {url} (503 until ready)"
+
+
+def run_node(cfg, hook) -> str | None:
+    """Run uvicorn until SIGINT/SIGTERM; return the load error if the model could not load."""
+    import signal
+
+    import uvicorn
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from inference.server import create_app
+
+    console = Console(stderr=True)
+    _setup_logging(console)
+    failure: dict[str, str] = {}
+    server: uvicorn.Server | None = None
+
+    def on_failed(message: str) -> None:
+        failure["error"] = message
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(cfg, capture_hook=hook, on_load_failed=on_failed)
+    state = app.state.node
+    url = f"http://{cfg.server.host}:{cfg.server.port}"
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=cfg.server.host, port=cfg.server.port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=cfg.server.graceful_shutdown_s, lifespan="on"))
+    # uvicorn re-raises the signal it shut down for; absorb it so a requested stop exits 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=2, transient=True,
+                  get_renderable=lambda: Text.from_markup(_status_text(state, url))):
+            server.run()
+    else:
+        def say(s) -> None:
+            console.print(Text.from_markup(_status_text(s, url)), highlight=False, soft_wrap=True)
+
+        state.on_change(say)
+        say(state)
+        server.run()
+    console.print("node stopped", highlight=False)
+    return failure.get("error")
+
+
+@app.command()
+def serve(
+    config: Optional[Path] = typer.Option(None, "--config", help="Node config TOML (see configs/node.toml); defaults apply without it."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model reference: embedded:NAME, tiny-random, a folder, registry:PATH\\[@vN] or hf:ORG/NAME\\[@rev]."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="TCP port to listen on (default 8000)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Node-local trace store (SQLite file), used when consent is not off."),
+    consent: Optional[str] = typer.Option(None, "--consent", help=CONSENT_HELP),
+) -> None:
+    """Serve a model over an OpenAI-compatible API (chat completions, models, health, metrics)."""
+    cfg = load_node_config(config, {"model.ref": model, "server.host": host, "server.port": port,
+                                    "store": str(store) if store else None, "consent": consent})
+    _check_ref(cfg.model.ref)
+    hook = build_capture_hook(cfg)
+    if cfg.consent == "off" and cfg.store is not None:
+        logging.getLogger("swarmloop.node").info("consent is off: the store is not used, nothing is captured")
+    error = run_node(cfg, hook)
+    if error:
+        raise UserError(f"model failed to load: {error}")
+
+
+@app.command()
+def batch(
+    in_path: Path = typer.Argument(..., metavar="IN.jsonl", help="Requests in the OpenAI Batch format, one JSON object a line."),
+    out_path: Path = typer.Argument(..., metavar="OUT.jsonl", help="Results, appended line by line; a re-run skips custom_ids already here."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model reference (as for `node serve`)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Node config TOML for model, dtype and limits."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Trace store for the completions, used when consent is not off."),
+    consent: Optional[str] = typer.Option(None, "--consent", help=CONSENT_HELP),
+) -> None:
+    """Run a JSONL file of chat-completion requests through the batched engine (resumable)."""
+    if not in_path.is_file():
+        raise UserError(f"{in_path}: no such input file")
+    cfg = load_node_config(config, {"model.ref": model, "store": str(store) if store else None, "consent": consent})
+    _check_ref(cfg.model.ref)
+    hook = build_capture_hook(cfg)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from inference.batch import run_batch
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task(f"loading {cfg.model.ref}", total=None)
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage == "load":
+                progress.update(task, description=f"loading {cfg.model.ref}", total=total, completed=0)
+            else:
+                progress.update(task, description="generating", total=total, completed=done)
+
+        try:
+            summary = run_batch(in_path, out_path, cfg, capture_hook=hook, on_progress=on_progress)
+        finally:
+            if hook is not None:
+                hook.close()
+    repaired = " (cut a torn last line from an earlier crash)" if summary.repaired_tail else ""
+    console.print(f"{summary.succeeded} succeeded, {summary.failed} errors, "
+                  f"{summary.skipped} already done{repaired} -> {out_path}")
