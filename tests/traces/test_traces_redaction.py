@@ -1,0 +1,150 @@
+"""The privacy filter on a faker PII corpus (known spans, twelve locales) and on real chitchat."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from traces.config import PrivacySettings
+from traces.pii_corpus import make_api_key, make_private_key, score
+from traces.redaction import PrivacyFilter
+from traces.redaction import checksums as ck
+
+# The issue's targets: recall >= 0.99 on e-mails, cards, IBANs, SSNs, IPs and known key formats.
+STRICT = ["EMAIL", "CREDIT_CARD", "IBAN", "US_SSN", "IP_ADDRESS", "API_KEY", "PRIVATE_KEY"]
+
+
+@pytest.fixture(scope="module")
+def privacy() -> PrivacyFilter:
+    return PrivacyFilter()
+
+
+@pytest.fixture(scope="module")
+def corpus_scores(privacy, pii_corpus):
+    predicted = privacy.scan_many([row["text"] for row in pii_corpus])
+    return score(pii_corpus, [[tuple(s) for s in spans] for spans in predicted])
+
+
+@pytest.mark.parametrize("kind", STRICT)
+def test_recall_on_structured_types(corpus_scores, kind):
+    stats = corpus_scores[kind]
+    assert stats["gold"] >= 40, f"corpus too small for {kind}"
+    assert stats["recall"] >= 0.99, f"{kind}: recall {stats['recall']:.4f}"
+
+
+@pytest.mark.parametrize("kind", ["PHONE", "NATIONAL_ID", "SECRET", "URL_CREDENTIALS"])
+def test_recall_on_looser_types(corpus_scores, kind):
+    # Phones come in every locale's format (faker's are not all valid numbers), secrets are only
+    # recognisable by their entropy: still, nearly all of them must go.
+    assert corpus_scores[kind]["any_type_recall"] >= 0.97, corpus_scores[kind]
+
+
+def test_precision_per_type(corpus_scores):
+    for kind, stats in corpus_scores.items():
+        if stats["predicted"] >= 20:
+            assert stats["precision"] >= 0.97, (kind, stats)
+
+
+def test_real_conversations_are_left_almost_untouched(privacy, chitchat):
+    texts = [m.content for trace in chitchat[:2500] for m in trace.messages]
+    spans = privacy.scan_many(texts)
+    flagged = sum(1 for s in spans if s)
+    assert len(texts) > 10_000
+    # chitchat has a handful of real e-mails, phone numbers and handles; anything beyond a few
+    # per thousand turns would mean the filter eats ordinary words and numbers.
+    assert flagged / len(texts) < 0.003, flagged
+
+
+def test_spans_are_in_the_input_offsets(privacy):
+    text = "Ünïcödé first 😀 — write to anna.schmidt@example.de or call +49 30 901820, IBAN DE89 3704 0044 0532 0130 00."
+    found = {(text[s.start:s.end], s.type) for s in privacy.scan(text)}
+    assert ("anna.schmidt@example.de", "EMAIL") in found
+    assert ("+49 30 901820", "PHONE") in found
+    assert ("DE89 3704 0044 0532 0130 00", "IBAN") in found
+
+
+def test_batch_scan_equals_one_by_one(privacy, pii_corpus, chitchat):
+    rng = random.Random(3)
+    texts = [row["text"] for row in pii_corpus[:300]] + [m.content for t in chitchat[:40] for m in t.messages]
+    rng.shuffle(texts)
+    batch = privacy.scan_many(texts)
+    for text, spans in zip(texts, batch):
+        assert list(spans) == privacy.scan(text)
+
+
+def test_placeholders_are_typed_and_consistent_within_a_conversation(privacy):
+    turns = ["I'm bob@example.com, card 4111-1111-1111-1111", "again: BOB@example.com",
+             "and my colleague: alice@example.org"]
+    [result] = privacy.redact_conversations([turns])
+    assert result.texts == ["I'm <EMAIL_1>, card <CREDIT_CARD_1>", "again: <EMAIL_1>",
+                            "and my colleague: <EMAIL_2>"]
+    assert result.counts == {"EMAIL": 2, "CREDIT_CARD": 1}
+    [other] = privacy.redact_conversations([["alice@example.org"]])
+    assert other.texts == ["<EMAIL_1>"]                      # numbering is per conversation
+
+
+@pytest.mark.parametrize("maker", [make_api_key, make_private_key])
+def test_every_known_key_format(privacy, maker):
+    rng = random.Random(5)
+    for _ in range(60):
+        key = maker(rng)
+        spans = privacy.scan(f"here: {key} done")
+        assert [(s.start, s.end) for s in spans] == [(6, 6 + len(key))], key
+
+
+def test_overlaps_resolve_to_the_most_specific_type(privacy):
+    url = "postgres://admin:s3cretPassw0rd@db.internal.example.com:5432/prod"
+    spans = privacy.scan(f"dsn {url} ok")
+    assert [(s.type, s.start, s.end) for s in spans] == [("URL_CREDENTIALS", 4, 4 + len(url))]
+
+
+def test_things_that_are_not_pii(privacy):
+    for text in ["I was born in 1990 and moved in 2005-2007.", "Meet at 10:30, room 4B.",
+                 "The date was 2018-05-02 and it cost $1,250.00", "version 1.2.3 of the app",
+                 "antidisestablishmentarianism is a long word", "call me maybe, 555",
+                 "the hash function returns ThisIsNotASecretAtAll"]:
+        assert privacy.scan(text) == [], text
+
+
+def test_types_can_be_switched_off():
+    only_email = PrivacyFilter(PrivacySettings(types=["EMAIL"]))
+    spans = only_email.scan("a@b.org 4111 1111 1111 1111")
+    assert [s.type for s in spans] == ["EMAIL"]
+
+
+def test_names_are_reported_off_without_a_spacy_pipeline(privacy):
+    assert privacy.names_status.startswith("off")
+    assert not privacy.names_on
+    assert PrivacyFilter(PrivacySettings(names="off")).names_status == "off (disabled by configuration)"
+
+
+def test_names_with_a_spacy_pipeline(tmp_path):
+    # A real spaCy pipeline (an entity ruler, since no statistical model is installed here),
+    # saved to disk and loaded by path as an operator would name one.
+    from traces.redaction.names import _import_spacy, torch_hidden
+
+    spacy = _import_spacy()
+    with torch_hidden():
+        nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns([{"label": "PERSON", "pattern": [{"LOWER": "ada"}, {"LOWER": "lovelace"}]}])
+    nlp.to_disk(tmp_path / "names")
+    privacy = PrivacyFilter(PrivacySettings(names=str(tmp_path / "names")))
+    assert privacy.names_on and privacy.names_status.startswith("on")
+    [result] = privacy.redact_conversations([["I met Ada Lovelace today", "Ada Lovelace wrote to a@b.org"]])
+    assert result.texts == ["I met <PERSON_1> today", "<PERSON_1> wrote to <EMAIL_1>"]
+
+
+def test_checksums():
+    assert ck.luhn_ok("4111111111111111") and not ck.luhn_ok("4111111111111112")
+    assert ck.iban_ok("DE89370400440532013000") and not ck.iban_ok("DE89370400440532013001")
+    assert ck.iban_ok("GB82WEST12345698765432")
+    assert ck.es_dni_ok("12345678Z") and not ck.es_dni_ok("12345678A")
+    assert ck.it_fiscal_code_ok("RSSMRA85T10A562S")
+    assert ck.br_cpf_ok("52998224725") and not ck.br_cpf_ok("52998224724")
+    assert ck.nl_bsn_ok("111222333") and not ck.nl_bsn_ok("111222334")
+    assert ck.pl_pesel_ok("44051401359") and not ck.pl_pesel_ok("44051401358")
+    assert ck.fr_nir_ok("255081416802538")
+    assert ck.in_aadhaar_ok("234123412346") and not ck.in_aadhaar_ok("234123412347")
+    assert ck.us_ssn_ok("123", "45", "6789") and not ck.us_ssn_ok("666", "45", "6789")
