@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 # Files that describe the checkpoint rather than belong to it: never listed in `files`.
-UNHASHED = {MANIFEST_NAME, SIGNATURE_NAME}
+# `.gitattributes` is Hub plumbing every Hub repo has (LFS rules); a snapshot of a published
+# checkpoint carries it, and it plays no part in loading the model.
+UNHASHED = {MANIFEST_NAME, SIGNATURE_NAME, ".gitattributes"}
 _CHUNK = 1 << 20
 
 
@@ -28,6 +30,7 @@ class TrainingSummary(BaseModel):
     rounds: int = 0
     steps: int = 0
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    public_datasets: list[str] = Field(default_factory=list)   # Hub ids of public data used, for the card
 
 
 class PrivacySummary(BaseModel):
@@ -56,6 +59,9 @@ class Manifest(BaseModel):
     privacy: PrivacySummary = Field(default_factory=PrivacySummary)
     communication: dict[str, Any] = Field(default_factory=dict)
     integrity: dict[str, Any] = Field(default_factory=dict)
+    # Ancestors, oldest first: {"version", "weights_sha256", "method", "ref"} of each checkpoint
+    # this one descends from (the parent last).
+    lineage: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class VerificationError(Exception):

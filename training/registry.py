@@ -112,10 +112,21 @@ class LocalRegistry:
         os.replace(tmp, self.root / LATEST)
         return version
 
-    def rollback(self) -> str:
-        """Point `latest` at the version published before the current latest."""
+    def previous_version(self) -> str:
+        """The version published before the current latest (what rollback would point at)."""
         current = self.latest()
         older = [v for v in self.versions() if current is None or version_number(v) < version_number(current)]
         if not older:
             raise RegistryError(f"nothing to roll back to in {self.root} (latest is {current})")
-        return self.promote(older[-1])
+        return older[-1]
+
+    def rollback(self, *, verify: bool = True) -> str:
+        """Point `latest` at the version published before the current latest; by default only
+        if that version still verifies."""
+        target = self.previous_version()
+        if verify:
+            try:
+                verify_folder(self.path(target))
+            except VerificationError as exc:
+                raise RegistryError(f"refusing to roll back to {target}: {exc}") from None
+        return self.promote(target)

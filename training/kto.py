@@ -1,0 +1,118 @@
+"""Kahneman-Tversky Optimization with TRL's KTOTrainer and a LoRA adapter.
+
+Data: {"prompt": [msgs], "completion": [assistant msg], "label": bool}: single replies marked good
+(thumbs up) or bad, no pairs needed. As in DPO, only the completion tokens are scored and the
+reference is the model with its adapter disabled, also for a PeftModel passed in.
+KTO estimates its KL term from mismatched prompt/completion pairs inside each batch, so batches
+hold at least two examples and are drawn in order (TRL's `train_sampling_strategy="sequential"`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+from training.config import TrainingSettings
+from training.data import check_dataset
+from training.lora import (
+    adapter_disabled_copy,
+    describe_adapter,
+    ensure_lora,
+    keep_adapter_state,
+    remove_trl_patches,
+)
+from training.results import TrainResult, collect_result
+from training.runtime import apply_runtime
+
+
+def train_kto(
+    model: Any,
+    tokenizer: Any,
+    dataset: Any,
+    settings: TrainingSettings,
+    *,
+    eval_dataset: Any = None,
+    max_steps: int | None = None,
+    learning_rate: float | None = None,
+    seed: int | None = None,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Train `model` (a transformers model, wrapped with LoRA here, or a PeftModel trained as it is)
+    on labelled single replies; `max_steps`, `learning_rate` and `seed` override settings.kto."""
+    from transformers import PrinterCallback
+    from trl import KTOConfig, KTOTrainer
+
+    hp = settings.kto
+    seed = hp.seed if seed is None else seed
+    check_dataset(dataset, "kto")
+    apply_runtime(settings.runtime)
+    peft_model = ensure_lora(model, settings.lora, seed=seed)
+
+    hyperparameters = {
+        **hp.model_dump(),
+        "max_steps": hp.max_steps if max_steps is None else max_steps,
+        "learning_rate": hp.learning_rate if learning_rate is None else learning_rate,
+        "seed": seed,
+        "lora": describe_adapter(peft_model),
+        "reference": "adapter-disabled",
+    }
+    with tempfile.TemporaryDirectory(prefix="swarmloop-kto-") as scratch:
+        args = KTOConfig(
+            output_dir=scratch,
+            # what this machine needs (configs/training.toml [runtime])
+            use_cpu=settings.runtime.use_cpu,
+            bf16=settings.runtime.bf16,
+            activation_checkpointing=settings.runtime.activation_checkpointing,
+            dataloader_num_workers=settings.runtime.dataloader_num_workers,
+            dataset_num_proc=settings.runtime.dataset_num_proc,
+            # we build our own checkpoints (training/checkpoint.py) and report nowhere
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            # hyperparameters ([kto])
+            max_steps=hyperparameters["max_steps"],
+            learning_rate=hyperparameters["learning_rate"],
+            seed=seed,
+            data_seed=seed,
+            num_train_epochs=hp.num_train_epochs,
+            per_device_train_batch_size=hp.per_device_train_batch_size,
+            per_device_eval_batch_size=hp.per_device_eval_batch_size,
+            gradient_accumulation_steps=hp.gradient_accumulation_steps,
+            lr_scheduler_type=hp.lr_scheduler_type,
+            warmup_steps=hp.warmup_steps,
+            weight_decay=hp.weight_decay,
+            max_grad_norm=hp.max_grad_norm,
+            optim=hp.optim,
+            logging_steps=hp.logging_steps,
+            max_length=hp.max_length,
+            beta=hp.beta,
+            desirable_weight=hp.desirable_weight,
+            undesirable_weight=hp.undesirable_weight,
+            precompute_ref_log_probs=hp.precompute_ref_log_probs,
+            eval_strategy="no",
+        )
+        # The reference is an explicit adapter-disabled copy, never TRL's PEFT path (see training/lora.py).
+        reference = adapter_disabled_copy(peft_model)
+        with keep_adapter_state(peft_model):
+            trainer = KTOTrainer(
+                model=peft_model,
+                ref_model=reference,
+                args=args,
+                train_dataset=dataset,
+                eval_dataset=eval_dataset,
+                processing_class=tokenizer,
+                callbacks=callbacks,
+            )
+        if hp.precompute_ref_log_probs:
+            trainer.ref_model = None  # its log-probs are columns of the datasets now: free the copy
+        del reference
+        trainer.remove_callback(PrinterCallback)  # metrics come back in TrainResult; callers show progress
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        eval_metrics = trainer.evaluate() if eval_dataset is not None else {}
+    remove_trl_patches(peft_model)
+    return collect_result(
+        trainer, peft_model, method="kto", seconds=seconds, hyperparameters=hyperparameters, eval_metrics=eval_metrics
+    )
