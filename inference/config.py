@@ -60,6 +60,40 @@ class LimitsConfig(_Strict):
         return self
 
 
+class RedeployConfig(_Strict):
+    """[redeploy]: follow a checkpoint registry and hot-swap to its latest version (inference.hotswap)."""
+
+    # "registry:PATH" (a local folder registry, its `latest` pointer) or "hf:ORG/NAME" (the highest
+    # version tag of a Hub repo). None: the node serves model.ref and never swaps on its own.
+    registry: str | None = None
+    poll_interval_s: float = Field(10.0, ge=0)     # 0: no polling, only POST /admin/reload
+    # Bearer token for POST /admin/reload: `admin_token`, else the environment variable named by
+    # `admin_token_env`. Neither set (or the variable empty): the endpoint is disabled (404).
+    admin_token: str | None = None
+    admin_token_env: str | None = None
+    # A trusted-keys TOML ([keys] name = "base64 Ed25519 public key"): when set, a checkpoint is
+    # loaded only if manifest.sig is signed by one of these keys (training.signing).
+    trusted_keys: Path | None = None
+    # overlap: rows in flight finish on the old weights next to the new model's rows, so new
+    # requests start at once; hold: new requests wait until every in-flight row is done.
+    drain: Literal["overlap", "hold"] = "overlap"
+    # The health generation a new model must pass before it serves (and once more after the swap).
+    health_prompt: str = "Say hello."
+    health_max_tokens: int = Field(4, ge=1, le=64)
+    # How long the post-swap health generation may take (it queues ahead of waiting requests,
+    # but needs a free row); no answer in time rolls back.
+    health_timeout_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _registry_ref(self) -> "RedeployConfig":
+        if self.registry is not None:
+            registry = self.registry.strip()
+            if not (registry.startswith("registry:") or registry.startswith("hf:")) or "@" in registry:
+                raise ValueError("registry must be registry:PATH or hf:ORG/NAME (no @version: the node follows the latest)")
+            self.registry = registry
+        return self
+
+
 class NodeConfig(_Strict):
     consent: Consent = "off"
     store: Path | None = None                        # node-local trace store (SQLite); needed unless consent is off
@@ -67,6 +101,7 @@ class NodeConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    redeploy: RedeployConfig = Field(default_factory=RedeployConfig)
     privacy: dict[str, Any] | None = None           # passed through to the capture hook as is
 
     def resolved_node_id(self) -> str:

@@ -13,8 +13,12 @@ free rows (n rows per request), prefills them together, merges them into the row
 decoding (engine_batch.KVBatch), runs one decode step for all rows and samples each row with its
 own parameters and generator. Finished or cancelled rows leave at once and free their slot.
 
-A model swap waits until no row is decoding (new requests stay queued meanwhile), so in-flight
-requests finish on the weights they started with and every result names the model that made it.
+Model swaps (hot redeploy): new requests stay queued from swap() until the swap is applied at
+the top of the next scheduler iteration. With overlap (the default) the rows already decoding move
+to a retiring batch that keeps decoding on the old weights next to the new model's batch until it
+empties, so admission is held for about one decode step; without overlap the swap waits until no
+row is decoding. Either way in-flight requests finish on the weights they started with and every
+result names the model that made it. `last_swap` (SwapTiming) says how long admission was held.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from inference.engine_types import (
     QueueFull,
     RequestRejected,
     SamplingParams,
+    SwapTiming,
     TextDelta,
 )
 from inference.loading import LoadedModel, ModelIdentity
@@ -88,6 +93,7 @@ class GenerationHandle:
         self._sync_queue: queue.SimpleQueue | None = queue.SimpleQueue() if loop is None else None
         self._on_done = on_done
         self._stream = stream                      # False: only the final event is delivered
+        self.front = False                         # queued ahead of the others, admitted even when full
         self._cancelled = threading.Event()
         self._finished = threading.Event()
         self._rows: list = []                      # the scheduler's rows of this request
@@ -167,11 +173,24 @@ class GenerationHandle:
 
 
 @dataclass
+class _Slot:
+    """One installed model and what decoding with it needs."""
+
+    loaded: LoadedModel
+    decoder: Any                                   # _LockedDecoder
+    context_window: int
+    eos_ids: set[int]
+    pad_id: int
+    hook_handle: Any = None                        # forward hook on model.model.norm, if any
+
+
+@dataclass
 class _Row:
     """One choice of one request, while it is being decoded."""
 
     handle: GenerationHandle
     index: int
+    slot: _Slot                                    # the model this row decodes on
     detok: IncrementalDetokenizer
     sampling: Any                                  # engine_sampling.RowSampling
     max_tokens: int
@@ -182,6 +201,15 @@ class _Row:
     state: str = "running"                         # running | tail (one more step for hidden) | done
     hidden_prompt: Any = None
     hidden_generated: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    """Rows decoding together on one model, with their shared KV cache (engine_batch.KVBatch)."""
+
+    slot: _Slot
+    rows: list[_Row] = field(default_factory=list)
+    kv: Any = None
 
 
 class _LockedDecoder:
@@ -203,37 +231,40 @@ class GenerationEngine:
         self._on_step = on_step
         self._cv = threading.Condition()
         self._pending: deque[GenerationHandle] = deque()
-        self._swap: tuple[LoadedModel, concurrent.futures.Future] | None = None
+        self._swap: tuple[LoadedModel, concurrent.futures.Future, SwapTiming] | None = None
+        self._last_swap: SwapTiming | None = None
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._tokenizer_lock = threading.Lock()
-        self._rows: list[_Row] = []
-        self._kv = None                            # engine_batch.KVBatch of self._rows
         self._norm_output = None                   # set by the forward hook when capturing
         self._capturing = False
-        self._hook_handle = None
         self._stats = EngineStats()
-        self._install(loaded)
+        self._slot = self._make_slot(loaded)
+        self._batch = _Batch(self._slot)           # rows decoding on the current model
+        self._retiring: _Batch | None = None       # rows still finishing on the previous model
 
     # ------------------------------------------------------------------ model
-    def _install(self, loaded: LoadedModel) -> None:
-        if self._hook_handle is not None:
-            self._hook_handle.remove()
-            self._hook_handle = None
-        self._loaded = loaded
+    def _make_slot(self, loaded: LoadedModel) -> _Slot:
         tokenizer = loaded.tokenizer
-        self._decoder = _LockedDecoder(tokenizer, self._tokenizer_lock)
         config = loaded.model.config
-        self.context_window = int(getattr(config, "max_position_embeddings", 0) or 1 << 30)
         eos = loaded.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
             eos_ids.add(tokenizer.eos_token_id)
-        self._eos_ids = eos_ids
-        self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids or {0})
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids or {0})
+        slot = _Slot(loaded=loaded, decoder=_LockedDecoder(tokenizer, self._tokenizer_lock),
+                     context_window=int(getattr(config, "max_position_embeddings", 0) or 1 << 30),
+                     eos_ids=eos_ids, pad_id=pad_id)
         norm = getattr(getattr(loaded.model, "model", None), "norm", None)
         if norm is not None:
-            self._hook_handle = norm.register_forward_hook(self._on_norm_output)
+            slot.hook_handle = norm.register_forward_hook(self._on_norm_output)
+        return slot
+
+    @staticmethod
+    def _release_slot(slot: _Slot) -> None:
+        if slot.hook_handle is not None:
+            slot.hook_handle.remove()
+            slot.hook_handle = None
 
     def _on_norm_output(self, module, inputs, output) -> None:
         if self._capturing:
@@ -241,32 +272,44 @@ class GenerationEngine:
 
     @property
     def loaded(self) -> LoadedModel:
-        return self._loaded
+        return self._slot.loaded
 
     @property
     def identity(self) -> ModelIdentity:
-        return self._loaded.identity
+        return self._slot.loaded.identity
+
+    @property
+    def context_window(self) -> int:
+        return self._slot.context_window
 
     @property
     def supports_hidden_states(self) -> bool:
-        return self._hook_handle is not None
+        return self._slot.hook_handle is not None
 
-    def swap(self, loaded: LoadedModel) -> concurrent.futures.Future:
-        """Serve `loaded` from the next batch on. Rows decoding now finish on the old weights;
-        waiting requests are held until then. The future resolves to the new ModelIdentity."""
+    @property
+    def last_swap(self) -> SwapTiming | None:
+        """Timing of the most recent applied swap (its drained_at fills in once old rows finish)."""
+        return self._last_swap
+
+    def swap(self, loaded: LoadedModel, *, overlap: bool = True) -> concurrent.futures.Future:
+        """Serve `loaded` from the next batch on; the future resolves to its ModelIdentity once applied.
+
+        Rows decoding now finish on the old weights. With overlap they keep decoding next to the
+        new model's rows and admission resumes at once; without it new requests wait until every
+        old row is done. A newer swap supersedes one not applied yet (its future is cancelled)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cv:
             if self._stopping:
                 raise EngineStopped("engine is stopped")
-            if self._swap is not None:  # a newer swap supersedes one not applied yet
+            if self._swap is not None:
                 self._swap[1].cancel()
-            self._swap = (loaded, future)
+            self._swap = (loaded, future, SwapTiming(requested_at=time.monotonic(), overlap=overlap))
             self._cv.notify_all()
         return future
 
     # ------------------------------------------------------------------ requests
     def render_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        tokenizer = self._loaded.tokenizer
+        tokenizer = self._slot.loaded.tokenizer
         template = None if getattr(tokenizer, "chat_template", None) else TRAINING_CHAT_TEMPLATE
         with self._tokenizer_lock:
             text = tokenizer.apply_chat_template(
@@ -318,20 +361,26 @@ class GenerationEngine:
 
     def submit(self, request: GenerationRequest, *, loop: asyncio.AbstractEventLoop | None = None,
                on_done: Callable[[GenerationHandle], None] | None = None,
-               prompt_ids: list[int] | None = None, stream: bool = True) -> GenerationHandle:
+               prompt_ids: list[int] | None = None, stream: bool = True, front: bool = False) -> GenerationHandle:
         """Queue a request. Raises RequestRejected, QueueFull or EngineStopped at once; generation
         errors arrive later as a Failed event. Pass prompt_ids when you already called check().
-        stream=False delivers only the final Completed/Failed event (for callers that just wait)."""
+        stream=False delivers only the final Completed/Failed event (for callers that just wait).
+        front=True queues it ahead of the waiting requests and admits it even when every row is
+        busy (the node's own health checks: one short request, never a client's)."""
         if prompt_ids is None:
             prompt_ids = self.check(request)
         handle = GenerationHandle(request, prompt_ids, loop, on_done, stream)
         handle.tokenized_for = self.identity
+        handle.front = front
         with self._cv:
             if self._stopping or self._thread is None:
                 raise EngineStopped("the engine is not running")
-            if len(self._pending) >= self.limits.queue_size:
+            if not front and len(self._pending) >= self.limits.queue_size:
                 raise QueueFull(f"the request queue is full ({self.limits.queue_size} waiting)")
-            self._pending.append(handle)
+            if front:
+                self._pending.appendleft(handle)
+            else:
+                self._pending.append(handle)
             self._cv.notify_all()
         return handle
 
@@ -344,7 +393,7 @@ class GenerationEngine:
         """A snapshot of the counters plus the live queue depth and active rows."""
         from dataclasses import replace
 
-        return replace(self._stats, queue_depth=len(self._pending), active_rows=len(self._rows))
+        return replace(self._stats, queue_depth=len(self._pending), active_rows=self.active_rows)
 
     @property
     def queue_depth(self) -> int:
@@ -352,7 +401,11 @@ class GenerationEngine:
 
     @property
     def active_rows(self) -> int:
-        return len(self._rows)
+        retiring = self._retiring
+        return len(self._batch.rows) + (len(retiring.rows) if retiring is not None else 0)
+
+    def _batches(self) -> list[_Batch]:
+        return [self._retiring, self._batch] if self._retiring is not None else [self._batch]
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "GenerationEngine":
@@ -377,19 +430,21 @@ class GenerationEngine:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not (self._stopping or self._pending or self._rows or self._swap):
+                    while not (self._stopping or self._pending or self.active_rows or self._swap):
                         self._cv.wait()
                     if self._stopping:
                         break
-                    if self._swap is not None and not self._rows:
+                    if self._swap is not None and self._can_apply_swap():
                         self._apply_swap()
                     admitted = self._take_admissible()
                 try:
                     if admitted:
                         self._admit(admitted)
-                    self._drop_cancelled()
-                    if self._rows:
-                        self._decode_step()
+                    for batch in self._batches():
+                        self._drop_cancelled(batch)
+                        if batch.rows:
+                            self._decode_step(batch)
+                    self._retire_if_drained()
                 except Exception as exc:  # never log prompt or reply text: type and stack only
                     frames = "".join(traceback.format_tb(exc.__traceback__))
                     log.error("generation failed (%s); failing the %d request(s) in the batch\n%s",
@@ -397,26 +452,56 @@ class GenerationEngine:
                     self._fail_all(GenerationFailed(f"generation failed: {exc.__class__.__name__}"), admitted)
         self._shutdown()
 
+    def _can_apply_swap(self) -> bool:
+        """Now, if nothing decodes on the current model; with overlap also while it does, as long
+        as no earlier model is still retiring (at most two models decode at once)."""
+        if not self._batch.rows:
+            return True
+        return self._swap[2].overlap and self._retiring is None
+
     def _apply_swap(self) -> None:
-        loaded, future = self._swap
+        loaded, future, timing = self._swap
         self._swap = None
         if future.cancelled():
             return
         try:
-            self._install(loaded)
+            slot = self._slot if loaded is self._slot.loaded else self._make_slot(loaded)
         except Exception as exc:
             future.set_exception(exc)
             return
+        now = time.monotonic()
+        old = self._batch
+        if slot is not old.slot:
+            if old.rows:
+                self._retiring = old               # finishes on its own weights, see _retire_if_drained
+            elif self._retiring is None or self._retiring.slot is not old.slot:
+                self._release_slot(old.slot)
+            self._slot, self._batch = slot, _Batch(slot)
+        timing.applied_at, timing.rows_in_flight = now, len(old.rows)
+        if not old.rows:
+            timing.drained_at = now
+        self._last_swap = timing
         self._stats.swaps += 1
         future.set_result(loaded.identity)
+
+    def _retire_if_drained(self) -> None:
+        retiring = self._retiring
+        if retiring is not None and not retiring.rows:
+            self._retiring = None
+            if retiring.slot is not self._slot:
+                self._release_slot(retiring.slot)
+            if self._last_swap is not None and self._last_swap.drained_at is None:
+                self._last_swap.drained_at = time.monotonic()
 
     def _take_admissible(self) -> list[GenerationHandle]:
         """Pop queued requests that fit in the free rows (FIFO; no admission while a swap waits)."""
         admitted: list[GenerationHandle] = []
         if self._swap is not None:
             return admitted
-        free = self.limits.max_batch_size - len(self._rows)
-        while self._pending and self._pending[0].n <= free:
+        free = self.limits.max_batch_size - self.active_rows
+        # a front request (the node's own health check) may go past max_batch_size by its n rows:
+        # under full load it would otherwise wait for a whole request to finish
+        while self._pending and (self._pending[0].n <= free or self._pending[0].front):
             handle = self._pending.popleft()
             if handle.cancelled:
                 self._finish_unstarted(handle)
@@ -437,8 +522,9 @@ class GenerationEngine:
         from inference.engine_sampling import RowSampling
 
         params: SamplingParams = handle.request.params
+        slot = self._slot
         max_tokens = params.max_tokens or min(self.limits.default_max_tokens, self.limits.max_tokens_cap)
-        max_tokens = max(1, min(max_tokens, self.context_window - len(handle.prompt_ids)))
+        max_tokens = max(1, min(max_tokens, slot.context_window - len(handle.prompt_ids)))
         rows = []
         for index in range(params.n):
             generator = None
@@ -446,7 +532,7 @@ class GenerationEngine:
                 generator = torch.Generator()
                 seed = params.seed + index if params.seed is not None else secrets.randbits(63)
                 generator.manual_seed(seed % (1 << 63))
-            rows.append(_Row(handle=handle, index=index, detok=IncrementalDetokenizer(self._decoder),
+            rows.append(_Row(handle=handle, index=index, slot=slot, detok=IncrementalDetokenizer(slot.decoder),
                              sampling=RowSampling(params.temperature, params.top_p, generator),
                              max_tokens=max_tokens))
         handle._rows = rows
@@ -462,33 +548,41 @@ class GenerationEngine:
                 handle.prompt_ids = self._prompt_ids(handle.request)
             handle.identity = self.identity
             rows.extend(self._make_rows(handle))
+        slot, batch = self._slot, self._batch
         self._capturing = any(row.handle.request.capture_hidden for row in rows)
         self._norm_output = None
         try:
-            kv, logits = KVBatch.prefill(self._loaded.model, [row.handle.prompt_ids for row in rows], self._pad_id)
+            kv, logits = KVBatch.prefill(slot.loaded.model, [row.handle.prompt_ids for row in rows], slot.pad_id)
         finally:
             self._capturing = False
+        self._note_step(batch)
         if self._norm_output is not None:
             hidden = self._norm_output
             for i, row in enumerate(rows):
                 if row.handle.request.capture_hidden:
                     self._hand_hidden(row, hidden[i][kv.attention_mask[i].bool()], prompt=True)
         self._sample_and_accept(rows, logits)
-        if self._kv is None:
-            self._kv, self._rows = kv, rows
+        if batch.kv is None:
+            batch.kv, batch.rows = kv, rows
         else:
-            self._kv.merge(kv)
-            self._rows = self._rows + rows
-        self._remove_done()
+            batch.kv.merge(kv)
+            batch.rows = batch.rows + rows
+        self._remove_done(batch)
 
-    def _decode_step(self) -> None:
-        rows = self._rows
+    def _note_step(self, batch: _Batch) -> None:
+        timing = self._last_swap
+        if batch is self._batch and timing is not None and timing.first_step_at is None:
+            timing.first_step_at = time.monotonic()
+
+    def _decode_step(self, batch: _Batch) -> None:
+        rows = batch.rows
         self._capturing = any(row.handle.request.capture_hidden for row in rows)
         self._norm_output = None
         try:
-            logits = self._kv.step(self._loaded.model, [row.token_ids[-1] for row in rows])
+            logits = batch.kv.step(batch.slot.loaded.model, [row.token_ids[-1] for row in rows])
         finally:
             self._capturing = False
+        self._note_step(batch)
         self._stats.decode_steps += 1
         self._stats.max_rows_in_step = max(self._stats.max_rows_in_step, len(rows))
         if self._on_step is not None:
@@ -505,7 +599,7 @@ class GenerationEngine:
                 self._row_done(row)
         self._sample_and_accept([row for row in rows if row.state == "running"],
                                 logits, [i for i, row in enumerate(rows) if row.state == "running"])
-        self._remove_done()
+        self._remove_done(batch)
 
     def _hand_hidden(self, row: _Row, states, prompt: bool) -> None:
         sink = row.handle.request.hidden_sink
@@ -540,12 +634,12 @@ class GenerationEngine:
         row.token_ids.append(token)
         stops = row.handle.request.params.stop
         reason = None
-        if token in self._eos_ids:
+        if token in row.slot.eos_ids:
             reason = "stop"
         else:
             row.text += row.detok.push(token)
         if reason is None and (len(row.token_ids) >= row.max_tokens
-                               or len(row.handle.prompt_ids) + len(row.token_ids) >= self.context_window):
+                               or len(row.handle.prompt_ids) + len(row.token_ids) >= row.slot.context_window):
             reason = "length"
         if reason is not None:
             row.text += row.detok.flush()
@@ -565,9 +659,9 @@ class GenerationEngine:
             else:
                 self._row_done(row)
 
-    def _drop_cancelled(self) -> None:
+    def _drop_cancelled(self, batch: _Batch) -> None:
         changed = False
-        for row in self._rows:
+        for row in batch.rows:
             if row.state != "done" and row.handle.cancelled:
                 if row.finish_reason is None:
                     row.finish_reason = "cancelled"
@@ -576,7 +670,7 @@ class GenerationEngine:
                 self._row_done(row)
                 changed = True
         if changed:
-            self._remove_done()
+            self._remove_done(batch)
 
     def _row_done(self, row: _Row) -> None:
         row.state = "done"
@@ -599,25 +693,29 @@ class GenerationEngine:
                                   handle.submitted_at, handle.first_token_at, time.monotonic())
         handle._emit(Completed(result))
 
-    def _remove_done(self) -> None:
-        keep = [i for i, row in enumerate(self._rows) if row.state != "done"]
-        if len(keep) == len(self._rows):
+    @staticmethod
+    def _remove_done(batch: _Batch) -> None:
+        keep = [i for i, row in enumerate(batch.rows) if row.state != "done"]
+        if len(keep) == len(batch.rows):
             return
         if not keep:
-            self._rows, self._kv = [], None
+            batch.rows, batch.kv = [], None
             return
-        self._kv.select(keep)
-        self._rows = [self._rows[i] for i in keep]
+        batch.kv.select(keep)
+        batch.rows = [batch.rows[i] for i in keep]
 
     def _handles(self) -> list[GenerationHandle]:
         seen: dict[int, GenerationHandle] = {}
-        for row in self._rows:
-            seen.setdefault(id(row.handle), row.handle)
+        for batch in self._batches():
+            for row in batch.rows:
+                seen.setdefault(id(row.handle), row.handle)
         return list(seen.values())
 
     def _fail_all(self, error: EngineError, extra: list[GenerationHandle] = ()) -> None:
         handles = {id(h): h for h in [*self._handles(), *extra]}
-        self._rows, self._kv = [], None
+        for batch in self._batches():
+            batch.rows, batch.kv = [], None
+        self._retire_if_drained()
         for handle in handles.values():
             if not handle.done:
                 handle._emit(Failed(error))
@@ -630,6 +728,4 @@ class GenerationEngine:
                 self._swap[1].cancel()
                 self._swap = None
         self._fail_all(EngineStopped("the node is shutting down"), pending)
-        if self._hook_handle is not None:
-            self._hook_handle.remove()
-            self._hook_handle = None
+        self._release_slot(self._slot)

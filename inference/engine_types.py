@@ -157,3 +157,29 @@ class EngineStats:
     requests_completed: int = 0
     rows_cancelled: int = 0
     swaps: int = 0
+
+
+@dataclass
+class SwapTiming:
+    """How one model swap went, in time.monotonic() seconds.
+
+    Admission (new requests starting) is held from `requested_at` until `applied_at`; that is the
+    serving pause a new request can see. Rows already decoding keep going on the old weights
+    meanwhile and, with overlap, after `applied_at` too, until `drained_at`."""
+
+    requested_at: float
+    overlap: bool = True                # old rows keep decoding next to the new model's rows
+    applied_at: float | None = None
+    rows_in_flight: int = 0             # rows still on the old model when the swap was applied
+    drained_at: float | None = None     # the old model's last row finished
+    first_step_at: float | None = None  # first prefill or decode step on the new model
+
+    @property
+    def pause_s(self) -> float | None:
+        """How long admission was held (what a request arriving during the swap waited extra)."""
+        return None if self.applied_at is None else self.applied_at - self.requested_at
+
+    @property
+    def drain_s(self) -> float | None:
+        """How long the old weights kept decoding in-flight rows after the swap was requested."""
+        return None if self.drained_at is None else max(0.0, self.drained_at - self.requested_at)

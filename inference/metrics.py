@@ -13,6 +13,8 @@ from inference.loading import ModelIdentity
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+REDEPLOY_OUTCOMES = ("swapped", "refused", "rolled_back", "unavailable")
 
 
 class NodeMetrics:
@@ -35,6 +37,14 @@ class NodeMetrics:
         self.model_loaded = Gauge("swarmloop_model_loaded", "1 once the model answers, else 0", registry=r)
         self.model_info = Info("swarmloop_model", "The served model: ref, weight version, weights sha256", registry=r)
         self.cancelled = Counter("swarmloop_cancelled_requests", "Requests cancelled by a client disconnect", registry=r)
+        self.swap_pause = Histogram("swarmloop_swap_pause_seconds",
+                                    "Hot swaps: how long new requests were held back (swap requested to applied)",
+                                    buckets=PAUSE_BUCKETS, registry=r)
+        self.redeploys = Counter("swarmloop_redeploys", "Redeploy attempts by outcome", ["outcome"], registry=r)
+        for outcome in REDEPLOY_OUTCOMES:
+            self.redeploys.labels(outcome=outcome)  # every outcome shows, at 0, from the first scrape
+        self.registry_poll_errors = Counter("swarmloop_registry_poll_errors",
+                                            "Polls of the followed registry that could not reach or read it", registry=r)
 
     def track_engine(self, queue_depth: Callable[[], int], active_rows: Callable[[], int]) -> None:
         """Read queue depth and active rows live at scrape time."""

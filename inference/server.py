@@ -4,6 +4,8 @@
     GET  /v1/models[/{id}]      the served model, with its weight version and sha256
     GET  /health                503 while the model loads, 200 once a one-token generation worked
     GET  /metrics               Prometheus text format
+    POST /admin/reload          hot-swap to a registry version (bearer token; see inference.hotswap_admin)
+    GET  /admin/status          what is served, the last swap, the last refusal and why
 
 The model is loaded in a background thread after the server listens, so /health can say
 "loading". Every error has the OpenAI shape {"error": {"message", "type", "param", "code"}}.
@@ -81,6 +83,7 @@ class NodeState:
         self.error: str | None = None
         self.started_at = time.time()
         self.requests_served = 0
+        self.redeployer = None                   # inference.hotswap.Redeployer, set by create_app
         self._listeners: list[Callable[[NodeState], None]] = []
 
     def on_change(self, listener: Callable[["NodeState"], None]) -> None:
@@ -99,15 +102,18 @@ class NodeState:
 
     def aliases(self) -> set[str]:
         names = model_aliases(self.identity) if self.identity else set()
-        # the ref the operator configured stays valid after a hot swap to a newer version
-        return names | model_aliases(ModelIdentity(self.config.model.ref, "", ""))
+        # the ref the operator configured, and the registry it follows, stay valid after a hot swap
+        names |= model_aliases(ModelIdentity(self.config.model.ref, "", ""))
+        if self.config.redeploy.registry:
+            names.add(self.config.redeploy.registry)
+        return names
 
-    def swap(self, loaded: LoadedModel):
+    def swap(self, loaded: LoadedModel, overlap: bool = True):
         """Hot-swap seam: serve `loaded` from the next batch on; metrics follow once applied.
-        Returns a concurrent.futures.Future of the new ModelIdentity."""
+        Returns a concurrent.futures.Future of the new ModelIdentity (engine.last_swap has its timing)."""
         if self.engine is None:
             raise RuntimeError(f"cannot swap while the node is {self.status}")
-        future = self.engine.swap(loaded)
+        future = self.engine.swap(loaded, overlap=overlap)
 
         def applied(done) -> None:
             if not done.cancelled() and done.exception() is None:
@@ -118,15 +124,18 @@ class NodeState:
         return future
 
     # -- background loading --
-    def load(self, loaded: LoadedModel | None, on_failed: Callable[[str], None] | None) -> None:
+    def load(self, loaded: LoadedModel | None, on_failed: Callable[[str], None] | None,
+             start_from_registry: bool = False) -> None:
         started = time.monotonic()
         try:
-            log.info("loading %s (%s)", self.config.model.ref, self.config.model.dtype if loaded is None else loaded.dtype)
             from inference.engine import GenerationEngine
             from inference.loading import load_model
 
             self.config.model.apply_threads()
+            if loaded is None and start_from_registry and self.redeployer is not None:
+                loaded = self.redeployer.initial_model()  # None: empty, unreachable or refused
             if loaded is None:
+                log.info("loading %s (%s)", self.config.model.ref, self.config.model.dtype)
                 from transformers.utils import logging as hf_logging
 
                 hf_logging.disable_progress_bar()  # the node's status line says it is loading
@@ -141,6 +150,8 @@ class NodeState:
             self.status = "ready"
             log.info("ready: %s %s after %.1f s", engine.identity.ref, engine.identity.version,
                      time.monotonic() - started)
+            if self.redeployer is not None:
+                self.redeployer.start()
         except Exception as exc:  # a model that cannot load: say why in one line
             self.status, self.error = "failed", f"{exc.__class__.__name__}: {exc}"
             log.error("model failed to load: %s", self.error)
@@ -216,20 +227,31 @@ def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
 
 def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | None = None,
                loaded: LoadedModel | None = None,
-               on_load_failed: Callable[[str], None] | None = None) -> FastAPI:
+               on_load_failed: Callable[[str], None] | None = None,
+               start_from_registry: bool = False) -> FastAPI:
     """Build the app. The model (`loaded`, or config.model.ref) is loaded in a background thread
-    when the app starts; `app.state.node` (NodeState) holds the engine and the swap seam."""
+    when the app starts; `app.state.node` (NodeState) holds the engine and the swap seam.
+
+    With start_from_registry (and [redeploy] registry set) the first model is the registry's
+    latest version, verified, falling back to config.model.ref when there is none or it is refused."""
+    from inference.hotswap import Redeployer
+    from inference.hotswap_admin import admin_router, resolve_admin_token
+
     config = config or NodeConfig()
     metrics = NodeMetrics(config.limits.max_batch_size)
     state = NodeState(config, metrics, capture_hook)
+    admin_token = resolve_admin_token(config.redeploy)
+    state.redeployer = Redeployer(config.redeploy, config.model.dtype, state, metrics,
+                                  admin_reload=admin_token is not None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threading.Thread(target=state.load, args=(loaded, on_load_failed), name="swarmloop-loader",
-                         daemon=True).start()
+        threading.Thread(target=state.load, args=(loaded, on_load_failed, start_from_registry),
+                         name="swarmloop-loader", daemon=True).start()
         try:
             yield
         finally:
+            state.redeployer.stop()
             if state.engine is not None:
                 state.engine.stop()
             if capture_hook is not None:
@@ -244,6 +266,7 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
     if capture_hook is not None:
         for router in capture_hook.routes():
             app.include_router(router)
+    app.include_router(admin_router(state.redeployer, admin_token))
 
     # ---------------------------------------------------------------- errors
     @app.exception_handler(OpenAIError)

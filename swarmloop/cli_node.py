@@ -6,6 +6,7 @@ Torch, transformers and the server are imported inside the commands so `--help` 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -48,6 +49,22 @@ def _check_ref(ref: str) -> None:
     parse_model_ref(ref)  # a malformed ref is a one-line error before anything starts
 
 
+def _check_redeploy(redeploy) -> None:
+    """A registry that cannot be parsed or a trusted-keys file that cannot be read: one line, before anything starts."""
+    from inference.hotswap_checks import load_trusted_keys
+
+    if redeploy.registry is not None:
+        _check_ref(redeploy.registry)
+    try:
+        load_trusted_keys(redeploy.trusted_keys)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if redeploy.admin_token_env and not redeploy.admin_token and not os.environ.get(redeploy.admin_token_env):
+        logging.getLogger("swarmloop.node").warning(
+            "redeploy.admin_token_env names %s, which is not set: POST /admin/reload is disabled",
+            redeploy.admin_token_env)
+
+
 def _setup_logging(console) -> None:
     if console.is_terminal:
         from rich.logging import RichHandler
@@ -73,7 +90,7 @@ def _status_text(state, url: str) -> str:
     return f"[yellow]●[/] loading {state.config.model.ref} · listening on {url} (503 until ready)"
 
 
-def run_node(cfg, hook) -> str | None:
+def run_node(cfg, hook, start_from_registry: bool = False) -> str | None:
     """Run uvicorn until SIGINT/SIGTERM; return the load error if the model could not load."""
     import signal
 
@@ -94,7 +111,7 @@ def run_node(cfg, hook) -> str | None:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(cfg, capture_hook=hook, on_load_failed=on_failed)
+    app = create_app(cfg, capture_hook=hook, on_load_failed=on_failed, start_from_registry=start_from_registry)
     state = app.state.node
     url = f"http://{cfg.server.host}:{cfg.server.port}"
     server = uvicorn.Server(uvicorn.Config(
@@ -126,15 +143,26 @@ def serve(
     port: Optional[int] = typer.Option(None, "--port", help="TCP port to listen on (default 8000)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Node-local trace store (SQLite file), used when consent is not off."),
     consent: Optional[str] = typer.Option(None, "--consent", help=CONSENT_HELP),
+    registry: Optional[str] = typer.Option(
+        None, "--registry", metavar="REF",
+        help="Follow this checkpoint registry and hot-swap to its latest version: registry:PATH (a local folder "
+             "registry) or hf:ORG/NAME (a Hub repo's version tags). Without --model the node starts on the "
+             "registry's latest (the configured model if it has none)."),
+    admin_token: Optional[str] = typer.Option(
+        None, "--admin-token",
+        help="Bearer token that enables POST /admin/reload (prefer \\[redeploy] admin_token_env in the config: "
+             "a flag is visible to other users in the process list)."),
 ) -> None:
-    """Serve a model over an OpenAI-compatible API (chat completions, models, health, metrics)."""
+    """Serve a model over an OpenAI-compatible API (chat completions, models, health, metrics, admin)."""
     cfg = load_node_config(config, {"model.ref": model, "server.host": host, "server.port": port,
-                                    "store": str(store) if store else None, "consent": consent})
+                                    "store": str(store) if store else None, "consent": consent,
+                                    "redeploy.registry": registry, "redeploy.admin_token": admin_token})
     _check_ref(cfg.model.ref)
+    _check_redeploy(cfg.redeploy)
     hook = build_capture_hook(cfg)
     if cfg.consent == "off" and cfg.store is not None:
         logging.getLogger("swarmloop.node").info("consent is off: the store is not used, nothing is captured")
-    error = run_node(cfg, hook)
+    error = run_node(cfg, hook, start_from_registry=cfg.redeploy.registry is not None and model is None)
     if error:
         raise UserError(f"model failed to load: {error}")
 

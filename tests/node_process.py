@@ -157,7 +157,7 @@ class NodeProcess:
 
 
 def start_node(
-    model: str = "tiny-random",
+    model: str | None = "tiny-random",
     *,
     port: int | None = None,
     limits: dict[str, Any] | None = None,
@@ -173,7 +173,9 @@ def start_node(
     """Start `swarmloop node serve` on 127.0.0.1 with a free port.
 
     `config` is a NodeConfig-shaped dict written to workdir/node.toml (here model.dtype defaults
-    to float32 and model.threads to 1); `limits` is merged into its [limits] table."""
+    to float32 and model.threads to 1); `limits` is merged into its [limits] table. model=None
+    passes no --model (a node with a registry then starts on the registry's latest); node.model is
+    then the config's model.ref, which stays a valid model name for requests."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="swarmloop-node-"))
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -187,7 +189,9 @@ def start_node(
     config_path = workdir / "node.toml"
     config_path.write_text(to_toml(data))
     args = [sys.executable, "-m", "swarmloop.cli", "node", "serve", "--config", str(config_path),
-            "--model", model, "--host", "127.0.0.1", "--port", str(port)]
+            "--host", "127.0.0.1", "--port", str(port)]
+    if model is not None:
+        args += ["--model", model]
     if store is not None:
         args += ["--store", str(store)]
     if consent is not None:
@@ -199,7 +203,8 @@ def start_node(
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
-    node = NodeProcess(proc, port, model, workdir, log_path)
+    node = NodeProcess(proc, port, model or data["model"].get("ref", "embedded:smollm2-135m-instruct"), workdir,
+                       log_path)
     try:
         if wait_ready:
             node.wait_ready(ready_timeout)

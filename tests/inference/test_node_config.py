@@ -30,6 +30,8 @@ def test_shipped_config_is_valid_and_equals_the_defaults():
     ('consent = "maybe"\n', "consent:"),
     ('[limits]\nmax_n = 9\nmax_batch_size = 4\n', "limits:"),
     ('[model]\ndtype = "float16"\n', "model.dtype:"),
+    ('[redeploy]\nregistry = "some/folder"\n', "redeploy: Value error, registry must be registry:PATH or hf:ORG/NAME"),
+    ('[redeploy]\ndrain = "later"\n', "redeploy.drain:"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
     path = tmp_path / "node.toml"
@@ -62,6 +64,18 @@ def test_bad_model_ref_is_refused_before_serving():
     assert "unknown model reference" in result.stderr
 
 
+def test_redeploy_flags_are_checked_before_serving(tmp_path):
+    pinned = run_cli("node", "serve", "--model", "tiny-random", "--registry", "registry:reg@v2")
+    assert pinned.returncode == 2 and "no @version" in pinned.stderr
+    path = tmp_path / "node.toml"
+    path.write_text(f'[redeploy]\nregistry = "registry:{tmp_path}/reg"\ntrusted_keys = "{tmp_path}/none.toml"\n')
+    keys = run_cli("node", "serve", "--config", str(path), "--model", "tiny-random")
+    assert keys.returncode == 2
+    assert keys.stderr.strip() == f"error: redeploy.trusted_keys: {tmp_path}/none.toml: no such trusted-keys file"
+    config = load_config(path, NodeConfig, {"redeploy.registry": "hf:org/name", "redeploy.admin_token": "t"})
+    assert (config.redeploy.registry, config.redeploy.admin_token) == ("hf:org/name", "t")
+
+
 def test_batch_missing_input_is_one_line(tmp_path):
     result = run_cli("node", "batch", str(tmp_path / "nope.jsonl"), str(tmp_path / "out.jsonl"))
     assert result.returncode == 2
@@ -79,7 +93,7 @@ def test_node_id_is_stable_and_derived():
 def test_help_explains_every_option():
     result = run_cli("node", "serve", "--help")
     assert result.returncode == 0
-    for option in ("--config", "--model", "--host", "--port", "--store", "--consent"):
+    for option in ("--config", "--model", "--host", "--port", "--store", "--consent", "--registry", "--admin-token"):
         assert option in result.stdout
     batch = run_cli("node", "batch", "--help")
     assert "IN.jsonl" in batch.stdout and "OUT.jsonl" in batch.stdout
