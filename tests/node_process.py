@@ -10,4 +10,9 @@ The implementation is the package's own (swarmloop/node_process.py), which the l
 uses to start its nodes: the tests exercise the same code.
 """
 
+from pathlib import Path
+
 from swarmloop.node_process import NodeProcess, free_port, start_node, to_toml  # noqa: F401
+
+# The checkout's root: CLI subprocesses in tests run from here.
+REPO_ROOT = Path(__file__).resolve().parents[1]
