@@ -3,6 +3,16 @@
 Input lines:  {"custom_id", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
 Output lines: {"id", "custom_id", "response": {"status_code", "request_id", "body"} | null, "error": {...} | null}
 
+As in OpenAI's Batch output, a line that got an HTTP answer has `response` and `error: null`,
+whatever its status: 200 with the chat.completion body, 4xx with the OpenAI error body the
+server would have sent for the same request (bad body 400, unknown model 404, wrong method or
+url 400), 500 when generation (or preparing the request) failed. `error` ({"code", "message",
+"line"}, `response: null`) is only for lines that never became a request: invalid JSON, no
+custom_id string, a custom_id seen on an earlier line. One bad line never stops the run, and
+neither does a capture hook that raises: that completion's trace is lost, its reply is in OUT
+(BatchSummary.capture_errors counts them). A custom_id holding a lone surrogate is written with
+\\uXXXX escapes, so it reads back identical and a re-run skips it.
+
 Resumable: OUT is appended one line at a time (write, flush, fsync), so a crash loses at most the
 line being written; a torn last line is cut off on the next run, and custom_ids already in OUT
 are skipped. Lines without a usable custom_id (invalid JSON, missing id, duplicate id) are
@@ -36,7 +46,7 @@ from inference.openai_schemas import (
 
 log = logging.getLogger("swarmloop.batch")
 CHAT_URL = "/v1/chat/completions"
-LINE_KEYED = {"invalid_json", "missing_custom_id", "duplicate_custom_id"}
+LINE_KEYED = {"invalid_json", "missing_custom_id", "duplicate_custom_id", "invalid_line"}
 
 
 @dataclass
@@ -45,6 +55,7 @@ class BatchSummary:
     failed: int = 0          # lines reported as errors in this run
     skipped: int = 0         # already in OUT from an earlier run
     repaired_tail: bool = False
+    capture_errors: int = 0  # completions the capture hook failed to take (the batch went on)
 
 
 @dataclass
@@ -62,11 +73,17 @@ def _line_error(line: int, code: str, message: str, custom_id: str | None = None
 
 
 def _http_error(custom_id: str, status: int, message: str, param: str | None = None,
-                code: str | None = None) -> dict[str, Any]:
-    body = error_body(message, param=param, code=code)
+                code: str | None = None, type_: str = "invalid_request_error") -> dict[str, Any]:
+    """A request that got an HTTP error answer: it is in `response`, and `error` stays null."""
+    body = error_body(message, type_, param=param, code=code)
     return {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
             "response": {"status_code": status, "request_id": f"req_{uuid.uuid4().hex}", "body": body},
-            "error": {"code": code or "invalid_request", "message": message}}
+            "error": None}
+
+
+def _server_error(custom_id: str, what: str, exc: BaseException) -> dict[str, Any]:
+    return _http_error(custom_id, 500, f"{what}: {exc.__class__.__name__}: {exc}", None, "server_error",
+                       "server_error")
 
 
 def _success(custom_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +129,11 @@ class OutputFile:
         return repaired
 
     def write(self, entry: dict[str, Any]) -> None:
-        self._handle.write((json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n").encode())
+        try:
+            line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:  # a lone surrogate (in a custom_id, say): \uXXXX escapes keep it exact
+            line = json.dumps(entry, separators=(",", ":")).encode()
+        self._handle.write(line + b"\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
@@ -131,41 +152,55 @@ def parse_input(in_path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[_
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
+            custom_id: str | None = None
             try:
-                entry = json.loads(raw)
-            except ValueError as exc:
-                errors.append((number, _line_error(number, "invalid_json", f"line {number}: not valid JSON ({exc.msg})")))
-                continue
-            custom_id = entry.get("custom_id") if isinstance(entry, dict) else None
-            if not isinstance(custom_id, str) or not custom_id:
-                errors.append((number, _line_error(number, "missing_custom_id", f"line {number}: no custom_id string")))
-                continue
-            if custom_id in seen:
-                errors.append((number, _line_error(number, "duplicate_custom_id",
-                                                   f"line {number}: custom_id {custom_id!r} appears earlier", custom_id)))
-                continue
-            seen.add(custom_id)
-            if entry.get("method") != "POST":
-                errors.append((number, _http_error(custom_id, 400, "method must be POST", "method", "invalid_method")))
-                continue
-            if entry.get("url") != CHAT_URL:
-                errors.append((number, _http_error(custom_id, 400, f"url must be {CHAT_URL}", "url", "invalid_url")))
-                continue
-            try:
-                request = ChatCompletionRequest.model_validate(entry.get("body"))
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                param = ".".join(str(p) for p in first.get("loc", ())) or None
-                message = str(first.get("msg", "invalid body")).removeprefix("Value error, ")
-                errors.append((number, _http_error(custom_id, 400, f"body.{param}: {message}" if param else message,
-                                                   param, "invalid_value")))
-                continue
-            if request.stream:
-                errors.append((number, _http_error(custom_id, 400, "stream is not allowed in a batch", "stream",
-                                                   "invalid_value")))
-                continue
-            jobs.append(_Job(number, custom_id, request))
+                try:
+                    entry = json.loads(raw)
+                except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+                    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                    errors.append((number, _line_error(number, "invalid_json", f"line {number}: not valid JSON ({reason})")))
+                    continue
+                candidate = entry.get("custom_id") if isinstance(entry, dict) else None
+                if not isinstance(candidate, str) or not candidate:
+                    errors.append((number, _line_error(number, "missing_custom_id", f"line {number}: no custom_id string")))
+                    continue
+                if candidate in seen:
+                    errors.append((number, _line_error(number, "duplicate_custom_id",
+                                                       f"line {number}: custom_id {candidate!r} appears earlier", candidate)))
+                    continue
+                custom_id = candidate
+                seen.add(custom_id)
+                request = _request_of(custom_id, entry)
+                if isinstance(request, dict):  # the error response the server would have sent
+                    errors.append((number, request))
+                    continue
+                jobs.append(_Job(number, custom_id, request))
+            except Exception as exc:  # whatever this line holds, the other lines still run
+                if custom_id is None:
+                    errors.append((number, _line_error(number, "invalid_line",
+                                                       f"line {number}: could not be read ({exc.__class__.__name__})")))
+                else:
+                    errors.append((number, _server_error(custom_id, "could not read the request", exc)))
     return errors, jobs
+
+
+def _request_of(custom_id: str, entry: dict[str, Any]) -> ChatCompletionRequest | dict[str, Any]:
+    """The line's validated request, or the error response when the server would refuse its
+    method, url or body."""
+    if entry.get("method") != "POST":
+        return _http_error(custom_id, 400, "method must be POST", "method", "invalid_method")
+    if entry.get("url") != CHAT_URL:
+        return _http_error(custom_id, 400, f"url must be {CHAT_URL}", "url", "invalid_url")
+    try:
+        request = ChatCompletionRequest.model_validate(entry.get("body"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        message = str(first.get("msg", "invalid body")).removeprefix("Value error, ")
+        return _http_error(custom_id, 400, f"body.{param}: {message}" if param else message, param, "invalid_value")
+    if request.stream:
+        return _http_error(custom_id, 400, "stream is not allowed in a batch", "stream", "invalid_value")
+    return request
 
 
 def run_batch(in_path: Path, out_path: Path, config: NodeConfig, *, capture_hook: CaptureHook | None = None,
@@ -174,7 +209,7 @@ def run_batch(in_path: Path, out_path: Path, config: NodeConfig, *, capture_hook
 
     on_progress(stage, done, total) is called with stage "load" once and "run" after each line."""
     from inference.engine import GenerationEngine
-    from inference.engine_types import Completed, EngineError, RequestRejected
+    from inference.engine_types import Completed, EngineError, EngineStopped, RequestRejected
     from inference.loading import load_model
 
     summary = BatchSummary()
@@ -183,7 +218,8 @@ def run_batch(in_path: Path, out_path: Path, config: NodeConfig, *, capture_hook
     try:
         errors, jobs = parse_input(in_path)
         for number, entry in errors:
-            if number in out.done_lines or (entry["custom_id"] in out.done_ids and entry["error"].get("line") is None):
+            line_keyed = entry["error"] is not None
+            if number in out.done_lines if line_keyed else entry["custom_id"] in out.done_ids:
                 summary.skipped += 1
                 continue
             out.write(entry)
@@ -217,17 +253,22 @@ def run_batch(in_path: Path, out_path: Path, config: NodeConfig, *, capture_hook
                         summary.failed += 1
                         done += 1
                         continue
-                    job.generation = job.request.to_generation_request()
                     try:
+                        job.generation = job.request.to_generation_request()
                         job.prompt_ids = engine.check(job.generation)
+                        engine.submit(job.generation, prompt_ids=job.prompt_ids, stream=False,
+                                      on_done=lambda handle, job=job: finished.put((job, handle)))
                     except RequestRejected as exc:
                         out.write(_http_error(job.custom_id, 400, str(exc), exc.param, exc.code))
-                        summary.failed += 1
-                        done += 1
+                    except EngineStopped:
+                        raise  # not this line's fault: nothing after it could run either
+                    except Exception as exc:  # e.g. the tokenizer refusing this prompt: this line only
+                        out.write(_server_error(job.custom_id, "could not prepare the request", exc))
+                    else:
+                        in_flight += 1
                         continue
-                    engine.submit(job.generation, prompt_ids=job.prompt_ids, stream=False,
-                                  on_done=lambda handle, job=job: finished.put((job, handle)))
-                    in_flight += 1
+                    summary.failed += 1
+                    done += 1
                 if in_flight:
                     job, handle = finished.get()
                     in_flight -= 1
@@ -235,13 +276,20 @@ def run_batch(in_path: Path, out_path: Path, config: NodeConfig, *, capture_hook
                     if isinstance(final, Completed):
                         completion_id = new_completion_id()
                         result = final.result
-                        out.write(_success(job.custom_id, completion_response(result, completion_id).model_dump()))
-                        summary.succeeded += 1
-                        if capture_hook is not None:
-                            capture_hook.on_completion(completion_record(job.request, result, completion_id))
+                        try:
+                            body = completion_response(result, completion_id).model_dump()
+                        except Exception as exc:
+                            out.write(_server_error(job.custom_id, "could not build the response", exc))
+                            summary.failed += 1
+                        else:
+                            out.write(_success(job.custom_id, body))
+                            summary.succeeded += 1
+                            if capture_hook is not None and not _capture(capture_hook, job, result, completion_id):
+                                summary.capture_errors += 1
                     else:
                         error = final.error if final is not None else EngineError("no result")
-                        out.write(_http_error(job.custom_id, 500, str(error), None, "generation_failed"))
+                        out.write(_http_error(job.custom_id, 500, str(error), None, "generation_failed",
+                                              "server_error"))
                         summary.failed += 1
                     done += 1
                 if on_progress:
@@ -251,3 +299,14 @@ def run_batch(in_path: Path, out_path: Path, config: NodeConfig, *, capture_hook
         return summary
     finally:
         out.close()
+
+
+def _capture(hook: CaptureHook, job: _Job, result: Any, completion_id: str) -> bool:
+    """Hand one completion to the capture hook; a failing hook costs that trace, never the batch.
+    Only the exception's type is logged: its message could quote the prompt."""
+    try:
+        hook.on_completion(completion_record(job.request, result, completion_id))
+        return True
+    except Exception as exc:
+        log.error("capture hook failed on %s: %s", job.custom_id, exc.__class__.__name__)
+        return False

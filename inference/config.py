@@ -52,6 +52,7 @@ class LimitsConfig(_Strict):
     max_n: int = Field(8, ge=1)                      # largest `n` (choices) per request
     max_batch_size: int = Field(8, ge=1)             # rows decoded together
     queue_size: int = Field(64, ge=1)                # waiting requests before 429
+    max_body_bytes: int = Field(4 * 2**20, ge=1)    # larger request bodies get 413 before any parsing
 
     @model_validator(mode="after")
     def _consistent(self) -> "LimitsConfig":

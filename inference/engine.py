@@ -309,12 +309,18 @@ class GenerationEngine:
 
     # ------------------------------------------------------------------ requests
     def render_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        from jinja2 import TemplateError
+
         tokenizer = self._slot.loaded.tokenizer
         template = None if getattr(tokenizer, "chat_template", None) else TRAINING_CHAT_TEMPLATE
         with self._tokenizer_lock:
-            text = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False, chat_template=template
-            )
+            try:
+                text = tokenizer.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False, chat_template=template
+                )
+            except TemplateError as exc:  # the template's raise_exception(): e.g. roles must alternate
+                raise RequestRejected(f"the model's chat template refused these messages: {exc}",
+                                      param="messages") from None
             return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
@@ -361,16 +367,20 @@ class GenerationEngine:
 
     def submit(self, request: GenerationRequest, *, loop: asyncio.AbstractEventLoop | None = None,
                on_done: Callable[[GenerationHandle], None] | None = None,
-               prompt_ids: list[int] | None = None, stream: bool = True, front: bool = False) -> GenerationHandle:
+               prompt_ids: list[int] | None = None, stream: bool = True, front: bool = False,
+               tokenized_for: ModelIdentity | None = None) -> GenerationHandle:
         """Queue a request. Raises RequestRejected, QueueFull or EngineStopped at once; generation
         errors arrive later as a Failed event. Pass prompt_ids when you already called check().
         stream=False delivers only the final Completed/Failed event (for callers that just wait).
         front=True queues it ahead of the waiting requests and admits it even when every row is
-        busy (the node's own health checks: one short request, never a client's)."""
+        busy (the node's own health checks: one short request, never a client's).
+        tokenized_for: the model identity read before check() ran, when it ran in another thread
+        (a swap in between then makes admission tokenize again)."""
         if prompt_ids is None:
+            tokenized_for = self.identity
             prompt_ids = self.check(request)
         handle = GenerationHandle(request, prompt_ids, loop, on_done, stream)
-        handle.tokenized_for = self.identity
+        handle.tokenized_for = tokenized_for or self.identity
         handle.front = front
         with self._cv:
             if self._stopping or self._thread is None:
@@ -545,9 +555,17 @@ class GenerationEngine:
         for handle in handles:
             if handle.tokenized_for != self.identity and handle.request.prompt_ids is None:
                 # tokenized for the model current at submit time; a swap since may bring another template
-                handle.prompt_ids = self._prompt_ids(handle.request)
+                try:
+                    handle.prompt_ids = self._prompt_ids(handle.request)
+                except Exception as exc:  # the new template refuses this request: it alone fails
+                    error = exc if isinstance(exc, EngineError) else GenerationFailed(
+                        f"could not tokenize for {self.identity.ref}: {exc.__class__.__name__}")
+                    handle._emit(Failed(error))
+                    continue
             handle.identity = self.identity
             rows.extend(self._make_rows(handle))
+        if not rows:
+            return
         slot, batch = self._slot, self._batch
         self._capturing = any(row.handle.request.capture_hidden for row in rows)
         self._norm_output = None

@@ -21,6 +21,21 @@ MAX_STOP_SEQUENCES = 4
 INT64 = 2**63
 
 
+def require_unicode(value: str) -> str:
+    """Refuse a lone UTF-16 surrogate (valid JSON as "\\ud800", but no UTF-8 text can hold it):
+    the tokenizer, the trace store and every UTF-8 writer downstream would fail on it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text must be valid Unicode: a lone surrogate at character {exc.start}") from None
+    return value
+
+
+def printable(text: str) -> str:
+    """`text` with lone surrogates escaped, so an error message quoting user input stays encodable."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -34,6 +49,18 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextContentPart]
     name: str | None = Field(None, max_length=64)
+
+    @field_validator("content")
+    @classmethod
+    def _content_is_unicode(cls, value: str | list[TextContentPart]) -> str | list[TextContentPart]:
+        for text in [value] if isinstance(value, str) else [part.text for part in value]:
+            require_unicode(text)
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_unicode(cls, value: str | None) -> str | None:
+        return value if value is None else require_unicode(value)
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -72,13 +99,23 @@ class ChatCompletionRequest(_Request):
             raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
         if any(not stop for stop in stops):
             raise ValueError("stop sequences must not be empty")
+        for stop in stops:
+            require_unicode(stop)
         return value
+
+    @field_validator("model", "user")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        return value if value is None else require_unicode(value)
 
     @field_validator("metadata")
     @classmethod
     def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         if value is not None and (len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())):
             raise ValueError("metadata holds at most 16 pairs, keys up to 64 and values up to 512 characters")
+        for key, item in (value or {}).items():
+            require_unicode(key)
+            require_unicode(item)
         return value
 
     @model_validator(mode="after")
@@ -176,7 +213,9 @@ class ModelList(BaseModel):
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    # message and param can quote the request (an unknown key, a model name): keep them encodable
+    return {"error": {"message": printable(message), "type": type_,
+                      "param": printable(param) if param is not None else None, "code": code}}
 
 
 def new_completion_id() -> str:

@@ -8,7 +8,9 @@
     GET  /admin/status          what is served, the last swap, the last refusal and why
 
 The model is loaded in a background thread after the server listens, so /health can say
-"loading". Every error has the OpenAI shape {"error": {"message", "type", "param", "code"}}.
+"loading". Every error has the OpenAI shape {"error": {"message", "type", "param", "code"}}:
+validation errors are 400 (never FastAPI's 422, and the OpenAPI schema says so), a body over
+limits.max_body_bytes is 413. Prompts are tokenized in a worker thread, off the event loop.
 Prompt and reply text never reach a log; they reach the capture hook only if one was given.
 """
 
@@ -25,6 +27,7 @@ from typing import Any, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference.config import NodeConfig
@@ -60,8 +63,12 @@ from inference.openai_schemas import (
 log = logging.getLogger("swarmloop.server")
 CHAT_PATH = "/v1/chat/completions"
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 429, 500, 503)
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 429, 500, 503)
 }
+MODEL_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (404, 500, 503)}
+# Past this many bytes over the limit a body is no longer drained before the 413: the connection
+# is closed instead (a client still uploading then sees a reset rather than the error body).
+MAX_DRAIN_BYTES = 64 * 2**20
 
 
 class OpenAIError(Exception):
@@ -217,6 +224,80 @@ class _StatusCounter:
             self.metrics.requests.labels(status=str(status.get("code", 499))).inc()
 
 
+class _BodyLimit:
+    """413 with the OpenAI error body for a request body over `limit` bytes: at once when
+    Content-Length says so, else (chunked uploads) as soon as the bytes received pass it.
+
+    The body is read here, before the app sees it, and handed on as one message; the app's
+    later receive() calls (disconnect detection) go straight to the server. The rest of an
+    oversized body is drained (up to MAX_DRAIN_BYTES) so the client is done sending and reads the 413."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            declared_size = int(declared) if declared is not None else None
+        except ValueError:
+            declared_size = None
+        received, chunks, more = 0, [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before the body was complete
+                return
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            more = message.get("more_body", False)
+            if received > self.limit or (declared_size is not None and declared_size > self.limit):
+                while more and received <= self.limit + MAX_DRAIN_BYTES:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    received += len(message.get("body", b""))
+                    more = message.get("more_body", False)
+                size = declared_size if declared_size is not None and declared_size > received else received
+                response = JSONResponse(error_body(
+                    f"the request body has {'more than ' if more else ''}{size} bytes, more than this node's "
+                    f"limit of {self.limit} bytes", code="request_too_large"), status_code=413,
+                    headers={"Connection": "close"} if more else None)
+                return await response(scope, receive, send)
+            chunks.append(chunk)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _errors_as_served(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema with FastAPI's 422 responses replaced by the 400s this server really
+    sends (a RequestValidationError becomes a 400 with the OpenAI error body). Idempotent."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    if "ErrorResponse" not in components:
+        error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(error_schema.pop("$defs", {}))
+        components["ErrorResponse"] = error_schema
+    bad_request = {"description": "Bad Request",
+                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.get("responses") if isinstance(operation, dict) else None
+            if responses is not None and responses.pop("422", None) is not None:
+                responses.setdefault("400", bad_request)
+    if "HTTPValidationError" not in json.dumps(schema.get("paths", {})):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+    return schema
+
+
 def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
     """Log the exception's type and stack, never its message: messages can quote user text."""
     import traceback
@@ -289,6 +370,10 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
         log_failure(log, f"unexpected error on {request.url.path}", exc)
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
+    default_openapi = app.openapi
+    app.openapi = lambda: _errors_as_served(default_openapi())  # type: ignore[method-assign]
+    # added last = outermost: the counter also counts the 413s
+    app.add_middleware(_BodyLimit, limit=config.limits.max_body_bytes)
     app.add_middleware(_StatusCounter, metrics=metrics)
 
     # ---------------------------------------------------------------- helpers
@@ -303,12 +388,15 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
             raise OpenAIError(404, f"The model `{name}` does not exist on this node (it serves {state.identity.ref})",
                               param="model", code="model_not_found")
 
-    def submit(body: ChatCompletionRequest, request: Request, streamed: bool):
+    async def submit(body: ChatCompletionRequest, request: Request, streamed: bool):
         engine = require_engine()
         check_model(body.model)
         generation = body.to_generation_request()
+        # read before tokenizing: if a swap lands in between, the engine re-tokenizes at admission
+        tokenized_for = engine.identity
         try:
-            prompt_ids = engine.check(generation)
+            # a long prompt takes a while to template and tokenize: keep the event loop serving
+            prompt_ids = await run_in_threadpool(engine.check, generation)
         except RequestRejected as exc:
             raise OpenAIError(400, str(exc), param=exc.param, code=exc.code) from None
         completion_id = new_completion_id()
@@ -332,7 +420,7 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
 
         try:
             handle = engine.submit(generation, loop=asyncio.get_running_loop(), on_done=finished,
-                                   prompt_ids=prompt_ids, stream=streamed)
+                                   prompt_ids=prompt_ids, stream=streamed, tokenized_for=tokenized_for)
         except QueueFull as exc:
             raise OpenAIError(429, str(exc), "rate_limit_error", code="queue_full") from None
         except EngineStopped as exc:
@@ -342,7 +430,7 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
     # ---------------------------------------------------------------- routes
     @app.post(CHAT_PATH, response_model=ChatCompletion, responses=ERROR_RESPONSES)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        handle, completion_id = submit(body, request, streamed=bool(body.stream))
+        handle, completion_id = await submit(body, request, streamed=bool(body.stream))
         if body.stream:
             return StreamingResponse(_stream(body, handle, completion_id), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -399,12 +487,12 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
         return ModelCard(id=identity.ref, created=int(state.started_at), version=identity.version,
                          weights_sha256=identity.weights_sha256)
 
-    @app.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
+    @app.get("/v1/models", response_model=ModelList, responses=MODEL_ERROR_RESPONSES)
     async def list_models():
         require_engine()
         return ModelList(data=[model_card(state.identity)])
 
-    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=MODEL_ERROR_RESPONSES)
     async def retrieve_model(model_id: str):
         require_engine()
         check_model(model_id)

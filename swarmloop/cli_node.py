@@ -5,6 +5,7 @@ Torch, transformers and the server are imported inside the commands so `--help` 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -65,6 +66,40 @@ def _check_redeploy(redeploy) -> None:
             redeploy.admin_token_env)
 
 
+def bind_listening_socket(host: str, port: int):
+    """Bind host:port now, before the model loads, so a port in use is a one-line error at once.
+    uvicorn serves on this very socket: no other process can take the port in between."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UserError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restarts skip TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
+    return sock
+
+
+def check_batch_output(out_path: Path) -> None:
+    """OUT must be a file we can append to; say so in one line before the model loads."""
+    if out_path.is_dir():
+        raise UserError(f"{out_path}: is a directory; give the output file's path")
+    if not out_path.parent.is_dir():
+        raise UserError(f"{out_path}: the folder {out_path.parent} does not exist")
+    try:
+        with open(out_path, "ab"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{out_path}: cannot write the output file ({exc.strerror or exc.__class__.__name__})") from None
+
+
 def _setup_logging(console) -> None:
     if console.is_terminal:
         from rich.logging import RichHandler
@@ -102,6 +137,7 @@ def run_node(cfg, hook, start_from_registry: bool = False) -> str | None:
     from inference.server import create_app
 
     console = Console(stderr=True)
+    sock = bind_listening_socket(cfg.server.host, cfg.server.port)
     _setup_logging(console)
     failure: dict[str, str] = {}
     server: uvicorn.Server | None = None
@@ -113,9 +149,10 @@ def run_node(cfg, hook, start_from_registry: bool = False) -> str | None:
 
     app = create_app(cfg, capture_hook=hook, on_load_failed=on_failed, start_from_registry=start_from_registry)
     state = app.state.node
-    url = f"http://{cfg.server.host}:{cfg.server.port}"
+    port = sock.getsockname()[1]  # the real one when the config asked for port 0
+    url = f"http://{cfg.server.host}:{port}"
     server = uvicorn.Server(uvicorn.Config(
-        app, host=cfg.server.host, port=cfg.server.port, log_level="warning", access_log=False,
+        app, host=cfg.server.host, port=port, log_level="warning", access_log=False,
         timeout_graceful_shutdown=cfg.server.graceful_shutdown_s, lifespan="on"))
     # uvicorn re-raises the signal it shut down for; absorb it so a requested stop exits 0
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,14 +160,14 @@ def run_node(cfg, hook, start_from_registry: bool = False) -> str | None:
     if console.is_terminal:
         with Live(console=console, refresh_per_second=2, transient=True,
                   get_renderable=lambda: Text.from_markup(_status_text(state, url))):
-            server.run()
+            server.run(sockets=[sock])
     else:
         def say(s) -> None:
             console.print(Text.from_markup(_status_text(s, url)), highlight=False, soft_wrap=True)
 
         state.on_change(say)
         say(state)
-        server.run()
+        server.run(sockets=[sock])
     console.print("node stopped", highlight=False)
     return failure.get("error")
 
@@ -177,8 +214,11 @@ def batch(
     consent: Optional[str] = typer.Option(None, "--consent", help=CONSENT_HELP),
 ) -> None:
     """Run a JSONL file of chat-completion requests through the batched engine (resumable)."""
+    if in_path.is_dir():
+        raise UserError(f"{in_path}: is a directory, not an input file")
     if not in_path.is_file():
         raise UserError(f"{in_path}: no such input file")
+    check_batch_output(out_path)
     cfg = load_node_config(config, {"model.ref": model, "store": str(store) if store else None, "consent": consent})
     _check_ref(cfg.model.ref)
     hook = build_capture_hook(cfg)
@@ -206,3 +246,6 @@ def batch(
     repaired = " (cut a torn last line from an earlier crash)" if summary.repaired_tail else ""
     console.print(f"{summary.succeeded} succeeded, {summary.failed} errors, "
                   f"{summary.skipped} already done{repaired} -> {out_path}")
+    if summary.capture_errors:
+        console.print(f"[yellow]the capture hook failed on {summary.capture_errors} completions "
+                      "(their replies are in OUT, their traces were not stored)[/]")

@@ -28,9 +28,10 @@ def test_shipped_config_is_valid_and_equals_the_defaults():
     ('[server]\nprot = 8000\n', "server.prot: unknown key"),
     ('[server]\nport = "eighty"\n', "server.port: Input should be a valid integer"),
     ('consent = "maybe"\n', "consent:"),
-    ('[limits]\nmax_n = 9\nmax_batch_size = 4\n', "limits:"),
+    ('[limits]\nmax_n = 9\nmax_batch_size = 4\n', "node.toml: limits: max_n must not exceed max_batch_size"),
+    ('[limits]\nmax_body_bytes = 0\n', "limits.max_body_bytes:"),
     ('[model]\ndtype = "float16"\n', "model.dtype:"),
-    ('[redeploy]\nregistry = "some/folder"\n', "redeploy: Value error, registry must be registry:PATH or hf:ORG/NAME"),
+    ('[redeploy]\nregistry = "some/folder"\n', "node.toml: redeploy: registry must be registry:PATH or hf:ORG/NAME"),
     ('[redeploy]\ndrain = "later"\n', "redeploy.drain:"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
@@ -43,6 +44,43 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_that_is_not_a_readable_toml_file_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("node", "serve", "--config", str(tmp_path)), "is a directory")
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('node_id = "café"\n'.encode("latin-1"))
+    assert_one_line_error(run_cli("node", "serve", "--config", str(latin1)), "not UTF-8")
+    assert_one_line_error(run_cli("node", "batch", str(latin1), str(tmp_path / "o.jsonl"), "--config", str(tmp_path)),
+                          "is a directory")
+
+
+def test_batch_paths_that_cannot_work_are_one_line(tmp_path):
+    good_in = tmp_path / "in.jsonl"
+    good_in.write_text('{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n')
+    assert_one_line_error(run_cli("node", "batch", str(good_in), str(tmp_path / "missing-dir" / "out.jsonl")),
+                          "does not exist")
+    assert_one_line_error(run_cli("node", "batch", str(good_in), str(tmp_path)), "is a directory")
+    assert_one_line_error(run_cli("node", "batch", str(tmp_path), str(tmp_path / "out.jsonl")), "is a directory")
+    assert not (tmp_path / "missing-dir").exists()
+
+
+def test_port_in_use_is_one_line_before_the_model_loads(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("node", "serve", "--model", "tiny-random", "--port", str(port))
+    assert_one_line_error(result, f"cannot listen on 127.0.0.1:{port}: the port is already in use")
 
 
 def test_flags_override_the_file(tmp_path):

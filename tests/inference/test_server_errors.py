@@ -59,6 +59,75 @@ def test_invalid_json_is_a_400(tiny_node, raw):
     assert_openai_error(response.json())
 
 
+LONE_SURROGATE = "a\\ud800b"  # valid JSON for a string no UTF-8 text can hold
+
+
+def raw_chat(node, text: str, **headers: str):
+    return node.post("/v1/chat/completions", content=text.encode(), headers={"content-type": "application/json", **headers})
+
+
+@pytest.mark.parametrize("body,param", [
+    ('{"model": "tiny-random", "messages": [{"role": "user", "content": "%s"}]}', "messages.0.content"),
+    ('{"model": "tiny-random", "messages": [{"role": "system", "content": "ok"}, '
+     '{"role": "user", "content": [{"type": "text", "text": "%s"}]}]}', "messages.1.content"),
+    ('{"model": "tiny-random", "messages": [{"role": "user", "content": "hi", "name": "%s"}]}', "messages.0.name"),
+    ('{"model": "tiny-%s", "messages": [{"role": "user", "content": "hi"}]}', "model"),
+    ('{"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "stop": ["%s"]}', "stop"),
+])
+def test_lone_surrogate_is_a_400_naming_the_field(tiny_node, body, param):
+    response = raw_chat(tiny_node, body % LONE_SURROGATE)
+    assert response.status_code == 400, response.text
+    assert_openai_error(response.json(), "invalid_value")
+    assert response.json()["error"]["param"] == param
+    assert "unicode" in response.json()["error"]["message"].lower()
+    assert tiny_node.post("/v1/chat/completions", json=GOOD).status_code == 200
+
+
+def test_lone_surrogate_in_an_unknown_key_still_gets_an_encodable_error(tiny_node):
+    body = '{"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], "x%s": 1}' % LONE_SURROGATE
+    response = raw_chat(tiny_node, body)
+    assert response.status_code == 400, response.text
+    assert_openai_error(response.json())
+    assert "unicode" in response.json()["error"]["message"].lower()
+
+
+def test_body_over_the_limit_is_a_413(tiny_node):
+    limit = TEST_LIMITS["max_body_bytes"]
+    big = {**GOOD, "messages": [{"role": "user", "content": "x" * (limit + 10)}]}
+    declared = tiny_node.post("/v1/chat/completions", json=big)  # Content-Length says it all
+    assert declared.status_code == 413, declared.text
+    assert_openai_error(declared.json(), "request_too_large")
+    assert str(limit) in declared.json()["error"]["message"]
+
+    def chunks():  # no Content-Length: chunked transfer, the size is only known while reading
+        yield b'{"model": "tiny-random", "messages": [{"role": "user", "content": "'
+        for _ in range(limit // 4096 + 2):
+            yield b"x" * 4096
+        yield b'"}]}'
+
+    streamed = tiny_node.post("/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert streamed.status_code == 413, streamed.text
+    assert_openai_error(streamed.json(), "request_too_large")
+
+    just_under = {**GOOD, "messages": [{"role": "user", "content": "word " * ((limit - 200) // 5)}]}
+    assert tiny_node.post("/v1/chat/completions", json=just_under).status_code == 400  # parsed: too many tokens
+    with pytest.raises(openai.APIStatusError) as client_error:
+        tiny_node.client().chat.completions.create(model="tiny-random", messages=big["messages"])
+    assert client_error.value.status_code == 413 and client_error.value.code == "request_too_large"
+    assert tiny_node.post("/v1/chat/completions", json=GOOD).status_code == 200
+
+
+def test_openapi_documents_400_not_422(tiny_node):
+    schema = tiny_node.get("/openapi.json").json()
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            assert "422" not in operation["responses"], f"{method.upper()} {path} still advertises 422"
+    chat = schema["paths"]["/v1/chat/completions"]["post"]["responses"]
+    for status in ("400", "404", "413"):
+        assert chat[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorResponse"}
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+
+
 def test_openai_client_raises_typed_errors(tiny_node):
     client = tiny_node.client()
     with pytest.raises(openai.BadRequestError) as too_long:
@@ -90,7 +159,7 @@ def test_schemathesis_no_5xx_and_openai_shaped_errors(tiny_node):
                   for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
     seen_statuses: set[int] = set()
 
-    @settings(max_examples=50, deadline=None, database=None, phases=[Phase.generate],
+    @settings(max_examples=150, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
     @given(case=st.one_of(strategies))
     def check(case) -> None:
