@@ -54,8 +54,8 @@ def publish(
     registry: Optional[Path] = typer.Option(None, "--registry", help="A local folder registry (v0001/, v0002/, … and a `latest` pointer)."),
     hub: Optional[str] = typer.Option(None, "--hub", metavar="ORG/NAME", help="A Hugging Face Hub model repo: one commit and tag per version; token from $HF_TOKEN."),
     promote: bool = typer.Option(True, "--promote/--no-promote", help="Registry only: point `latest` at the new version."),
-    public: bool = typer.Option(False, "--public", help="Hub only: create the repo public (default: private, or [hub] private)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Training config TOML with the [hub] section (default: configs/training.toml)."),
+    public: bool = typer.Option(False, "--public", help="Hub only: create the repo public (default: private, or private in the config's hub section)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Training config TOML with a hub section (default: configs/training.toml)."),
 ) -> None:
     """Publish a verified checkpoint to a local registry or a Hugging Face Hub repo; refuses one that fails verification."""
     if (registry is None) == (hub is None):

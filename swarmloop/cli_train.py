@@ -5,6 +5,8 @@ Torch, transformers and TRL are imported inside the command so `--help` stays fa
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -56,14 +58,42 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _dataset_ids(ids: list[str] | None) -> list[str]:
+    """--dataset-id values checked as Hub repo ids, duplicates dropped, order kept."""
+    from training.config import HUB_REPO_ID
+
+    for repo_id in ids or []:
+        if not re.fullmatch(HUB_REPO_ID, repo_id):
+            raise UserError(f"--dataset-id {repo_id!r}: expected ORG/NAME (a Hugging Face dataset repo)")
+    return list(dict.fromkeys(ids or []))
+
+
+def _check_writable_parent(out: Path) -> None:
+    """The checkpoint is written next to --out at the very end: fail now, not after training.
+    Nothing is created here (build_checkpoint makes missing parent folders)."""
+    existing = out.absolute().parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} is not writable")
+
+
 def _load_data(method: str, store: Optional[Path], data: Optional[Path], consent: str = "share") -> Any:
+    from traces.store import StoreError
     from training.data import DatasetFormatError, load_dataset_dir, load_store_dataset
 
     try:
         if store is not None:
             return load_store_dataset(store, method, consent=consent)
         return load_dataset_dir(data, method)
-    except DatasetFormatError as exc:
+    except (DatasetFormatError, StoreError) as exc:
         raise UserError(str(exc)) from None
 
 
@@ -83,7 +113,10 @@ def run_training(
     seed: Optional[int] = None,
     version: Optional[str] = None,
     dtype: Optional[str] = None,
+    dataset_ids: Optional[list[str]] = None,
 ) -> Path:
+    """Train, evaluate before and after, build the checkpoint. Every failure the user can fix
+    (paths, data, model, template, config) raises UserError with one line."""
     if (store is None) == (data is None):
         raise UserError("pass exactly one of --store DB or --data DIR")
     if consent not in ("share", "local"):
@@ -92,7 +125,9 @@ def run_training(
         raise UserError(f"{store}: no such trace store")
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out folder (checkpoints are never overwritten)")
-    from inference.model_refs import parse_model_ref
+    dataset_ids = _dataset_ids(dataset_ids)
+    _check_writable_parent(out)
+    from inference.model_refs import ModelRefError, parse_model_ref
     from training.config import load_training_settings
     from training.registry import RegistryError, normalize_version
 
@@ -108,31 +143,52 @@ def run_training(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = Console(stderr=True)
-    with console.status("loading libraries, data and model…"):
-        import warnings
-
+    with console.status("loading data…"):  # torch-free: bad data fails before the heavy imports
         import datasets
-        import transformers
 
-        warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's
-        datasets.disable_progress_bars()
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-        from inference.loading import load_model
-        from training.checkpoint import CheckpointError, build_checkpoint, lineage_base, next_version
         from training.data import DatasetFormatError, examples_by_node, load_task_rows
-        from training.dpo import train_dpo
-        from training.eval import evaluate_dataset, task_accuracy
-        from training.kto import train_kto
-        from training.sft import train_sft
 
+        datasets.disable_progress_bars()
         dataset = _load_data(method, store, data, consent)
         eval_dataset = _load_data(method, None, eval_data) if eval_data is not None else None
         try:
             tasks = load_task_rows(eval_tasks) if eval_tasks is not None else None
         except DatasetFormatError as exc:
             raise UserError(str(exc)) from None
-        loaded = load_model(base, dtype="float32")
+    with console.status("loading libraries and model…"):
+        import warnings
+
+        import transformers
+
+        warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notes, not the user's
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+        from inference.loading import load_model
+        from training.checkpoint import CheckpointError, build_checkpoint, lineage_base, next_version
+        from training.dpo import train_dpo
+        from training.eval import check_eval_rows, evaluate_dataset, task_accuracy
+        from training.kto import train_kto
+        from training.sft import check_chat_template, train_sft
+
+        try:
+            loaded = load_model(base, dtype="float32")
+        except ModelRefError:
+            raise  # already one line naming the reference
+        except Exception as exc:  # unreadable weights or config: transformers and safetensors raise many types
+            raise UserError(f"--base {base}: cannot load the model ({exc.__class__.__name__}: {_first_line(exc)[:200]})") from None
+        # Everything that would fail later on this tokenizer fails now, before minutes of work.
+        try:
+            if not loaded.tokenizer.chat_template:
+                raise ValueError("the tokenizer has no chat template; training on conversations needs one")
+            if method == "sft":
+                check_chat_template(loaded.tokenizer, settings.sft)
+        except ValueError as exc:
+            raise UserError(f"--base {base}: {_first_line(exc)}") from None
+        if eval_dataset is not None:
+            try:
+                check_eval_rows(loaded.tokenizer, eval_dataset, method, settings.eval)
+            except ValueError as exc:
+                raise UserError(f"--eval-data {eval_data}: {_first_line(exc)}") from None
     recipe: Callable[..., Any] = {"sft": train_sft, "dpo": train_dpo, "kto": train_kto}[method]
     version = version or next_version(loaded.resolved)
 
@@ -140,10 +196,16 @@ def run_training(
         data_result = task_result = None
         if eval_dataset is not None:
             with console.status(f"evaluating {label} on {len(eval_dataset)} held-out rows…"):
-                data_result = evaluate_dataset(model, loaded.tokenizer, eval_dataset, method, settings=settings)
+                try:
+                    data_result = evaluate_dataset(model, loaded.tokenizer, eval_dataset, method, settings=settings)
+                except ValueError as exc:  # our metrics and the tokenizer explain bad rows in one line
+                    raise UserError(f"--eval-data {eval_data}: evaluating {label}: {_first_line(exc)}") from None
         if tasks is not None:
             with console.status(f"evaluating {label} on {len(tasks)} tasks (generation + judges)…"):
-                task_result = task_accuracy(model, loaded.tokenizer, tasks, settings=settings.eval)
+                try:
+                    task_result = task_accuracy(model, loaded.tokenizer, tasks, settings=settings.eval)
+                except ValueError as exc:
+                    raise UserError(f"--eval-tasks {eval_tasks}: evaluating {label}: {_first_line(exc)}") from None
         return data_result, task_result
 
     before, tasks_before = evaluate(loaded.model, loaded.identity.ref)
@@ -156,7 +218,7 @@ def run_training(
             result = recipe(loaded.model, loaded.tokenizer, dataset, settings, max_steps=max_steps,
                             learning_rate=learning_rate, seed=seed, callbacks=[_progress_callback(progress, task)])
         except ValueError as exc:  # TRL and our recipes explain bad data or settings in one line
-            raise UserError(f"{method}: {str(exc).splitlines()[0]}") from None
+            raise UserError(f"{method}: {_first_line(exc)}") from None
 
     after, tasks_after = evaluate(result.model, "the trained model")
     eval_metrics: dict[str, Any] = {}
@@ -169,11 +231,13 @@ def run_training(
         try:
             path = build_checkpoint(
                 result.model, loaded.tokenizer, out, version=version, base_model=lineage_base(loaded.resolved),
-                parent=loaded.resolved, training=result.training_summary(examples_by_node=examples_by_node(dataset)),
+                parent=loaded.resolved, training=result.training_summary(examples_by_node=examples_by_node(dataset), public_datasets=dataset_ids),
                 eval_metrics=eval_metrics, dtype=settings.checkpoint.dtype, settings=settings.checkpoint,
             )
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:  # disk full, permissions changed during training
+            raise UserError(f"--out {out}: cannot write the checkpoint ({exc.strerror or exc})") from None
 
     out_console = Console()
     keys = [k for k in ("first_loss", "last_loss", "train_loss", "steps", "examples", "seconds", "seconds_per_step",
@@ -202,14 +266,16 @@ def _command(method: str) -> Callable[..., None]:
         config: Optional[Path] = typer.Option(None, "--config", help="Training config TOML (default: configs/training.toml)."),
         eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Held-out data in the same format: evaluated before and after, printed as a table, stored in the manifest."),
         eval_tasks: Optional[Path] = typer.Option(None, "--eval-tasks", help="Held-out tasks with answers (traces.tasks rows, Parquet/JSONL): accuracy of generated replies by their judges, before and after."),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help=f"Optimizer steps (overrides [{method}] max_steps)."),
-        learning_rate: Optional[float] = typer.Option(None, "--learning-rate", min=0.0, help=f"Peak learning rate (overrides [{method}] learning_rate)."),
-        seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed for LoRA init and data order (overrides [{method}] seed)."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help=f"Optimizer steps (overrides max_steps in the config's {method} section)."),
+        learning_rate: Optional[float] = typer.Option(None, "--learning-rate", min=0.0, help=f"Peak learning rate (overrides learning_rate in the config's {method} section)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help=f"Random seed for LoRA init and data order (overrides seed in the config's {method} section)."),
         version: Optional[str] = typer.Option(None, "--version", help="Version of the new checkpoint, e.g. v3 (default: the base's version + 1)."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="Saved weights dtype: float32 or bfloat16 (overrides [checkpoint] dtype)."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="Saved weights dtype: float32 or bfloat16 (overrides dtype in the config's checkpoint section)."),
+        dataset_id: Optional[list[str]] = typer.Option(None, "--dataset-id", metavar="ORG/NAME", help="A public Hugging Face dataset holding this training data (e.g. made by `swarmloop traces push --repo-id`); listed in the model card's `datasets` metadata. Repeat for several; the config key checkpoint.datasets adds more."),
     ) -> None:
         run_training(method, store=store, data=data, base=base, consent=consent, out=out, config=config, eval_data=eval_data,
-                     eval_tasks=eval_tasks, max_steps=max_steps, learning_rate=learning_rate, seed=seed, version=version, dtype=dtype)
+                     eval_tasks=eval_tasks, max_steps=max_steps, learning_rate=learning_rate, seed=seed, version=version, dtype=dtype,
+                     dataset_ids=dataset_id)
 
     command.__doc__ = _DESCRIPTIONS[method]
     return command

@@ -106,6 +106,9 @@ def render_model_card(manifest: Manifest, settings: CheckpointSettings | None = 
     lineage = "\n".join(["| version | method | weights sha256 | reference |", "|---|---|---|---|", *lineage_rows])
 
     node_table = _table(("node", "examples"), [(name, str(count)) for name, count in sorted(nodes.items())]) if nodes else "No training data."
+    if training.public_datasets:
+        links = ", ".join(f"[{d}](https://huggingface.co/datasets/{d})" for d in training.public_datasets)
+        node_table += f"\n\nPublic datasets holding this data: {links}."
     hyper = _flatten(training.hyperparameters)
     hyper_table = _table(("hyperparameter", "value"), [(k, _value(v)) for k, v in sorted(hyper.items())]) if hyper else "–"
     eval_flat = _flatten(manifest.eval)

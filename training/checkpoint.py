@@ -113,12 +113,17 @@ def build_checkpoint(
 
     `base_model` is the reference the lineage starts from (e.g. "embedded:smollm2-135m-instruct");
     `parent` the resolved model this one was trained from (its version and weights digest are
-    recorded); `dtype` defaults to settings.dtype. Refuses an existing `out_dir`."""
+    recorded); `dtype` defaults to settings.dtype; settings.datasets are added to the training
+    summary's public datasets (the card's `datasets`). Refuses an existing `out_dir`."""
     settings = settings or CheckpointSettings()
     dtype = dtype or settings.dtype
     if dtype not in ("float32", "bfloat16"):
         raise CheckpointError(f"dtype must be float32 or bfloat16, not {dtype!r}")
     version = normalize_version(version)
+    # [checkpoint] datasets name public data for every checkpoint built with these settings
+    public = list(dict.fromkeys([*training.public_datasets, *settings.datasets]))
+    if public != training.public_datasets:
+        training = training.model_copy(update={"public_datasets": public})
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise CheckpointError(f"{out_dir} already exists; a checkpoint is never overwritten")

@@ -8,11 +8,15 @@ configuration. Torch-free.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "training.toml"
+
+# A Hugging Face repo id, ORG/NAME (what `swarmloop traces push --repo-id` accepts).
+HUB_REPO_ID = r"^[\w.-]+/[\w.-]+$"
+HubRepoId = Annotated[str, StringConstraints(pattern=HUB_REPO_ID)]
 
 
 class _Strict(BaseModel):
@@ -53,6 +57,9 @@ class RecipeSettings(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     optim: str = "adamw_torch"
+    adam_beta1: float = Field(0.9, ge=0, lt=1)        # TRL / transformers defaults
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
     logging_steps: int = Field(1, ge=1)
     seed: int = 42
 
@@ -75,6 +82,7 @@ class DPOSettings(RecipeSettings):
 
 class KTOSettings(RecipeSettings):
     learning_rate: float = Field(5e-5, gt=0)
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
     beta: float = Field(0.1, gt=0)
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
@@ -83,7 +91,8 @@ class KTOSettings(RecipeSettings):
     @model_validator(mode="after")
     def _kl_needs_a_batch(self) -> "KTOSettings":
         # KTO estimates its KL term from mismatched pairs inside a batch: one example is no batch.
-        if self.per_device_train_batch_size < 2:
+        # (apo_zero_unpaired has no KL term.)
+        if self.loss_type == "kto" and self.per_device_train_batch_size < 2:
             raise ValueError("kto.per_device_train_batch_size must be at least 2 (the KL estimate pairs examples in a batch)")
         return self
 
@@ -101,6 +110,9 @@ class CheckpointSettings(_Strict):
     tags: list[str] = Field(default_factory=lambda: ["swarmloop", "federated-learning", "trl", "lora", "text-generation"])
     language: list[str] = Field(default_factory=lambda: ["en"])
     name: str = "swarmloop"             # the card's title prefix: "<name> <version>"
+    # Public Hub datasets (ORG/NAME) the training data was pushed to (`swarmloop traces push`);
+    # every checkpoint built with these settings lists them in its card's `datasets` metadata.
+    datasets: list[HubRepoId] = Field(default_factory=list)
 
 
 class HubSettings(_Strict):

@@ -111,6 +111,8 @@ def load_task_rows(path: Path | str) -> list[dict[str, Any]]:
     or file of Parquet/JSONL, as plain dicts."""
     from datasets import Dataset
 
+    from traces.judges import JUDGES, judge_for
+
     path = Path(path)
     if not path.exists():
         raise DatasetFormatError(f"{path}: no such file or folder")
@@ -127,6 +129,8 @@ def load_task_rows(path: Path | str) -> list[dict[str, Any]]:
         _check_messages(conversation, f"{path}: row {index}: messages")
         if not row.get("judge"):
             raise DatasetFormatError(f"{path}: row {index}: a task needs a `judge` (numeric, exact, contains, choice, regex)")
+        if judge_for(row) is None:
+            raise DatasetFormatError(f"{path}: row {index}: unknown judge {row['judge']!r} (known: {', '.join(JUDGES)})")
     if not rows:
         raise DatasetFormatError(f"{path}: no tasks")
     return rows

@@ -76,7 +76,10 @@ def _assistant_example(tokenizer: Any, messages: list[dict], max_length: int) ->
     ids = list(encoded["input_ids"])
     mask = list(encoded["assistant_masks"])
     if not any(mask):
-        raise ValueError("the chat template marks no assistant tokens ({% generation %} missing?)")
+        raise ValueError(
+            "held-out loss needs a chat template with {% generation %} markers around the assistant replies "
+            "(see inference/chat_template.py); this tokenizer's template marks no assistant tokens"
+        )
     labels = [tok if m else -100 for tok, m in zip(ids, mask)]
     return ids[:max_length], labels[:max_length]
 
@@ -313,6 +316,20 @@ def task_accuracy(
         "examples": float(n),
     }
     return EvalResult(metrics=metrics, per_example=per_example)
+
+
+def check_eval_rows(tokenizer: Any, dataset: Any, kind: str, settings: EvalSettings | None = None) -> None:
+    """Tokenize the first row as `evaluate_dataset` will, so a tokenizer that cannot score this kind
+    of data (no chat template, no {% generation %} markers for held-out loss) fails with a one-line
+    ValueError before any model work."""
+    settings = settings or EvalSettings()
+    row = dataset[0]
+    if kind == "sft":
+        _assistant_example(tokenizer, row["messages"], settings.max_length)
+    elif kind in ("dpo", "kto"):
+        _completion_example(tokenizer, row["prompt"], row["chosen" if kind == "dpo" else "completion"], settings.max_length)
+    else:
+        raise ValueError(f"unknown dataset kind {kind!r}")
 
 
 def evaluate_dataset(model: Any, tokenizer: Any, dataset: Any, kind: str, *, settings: Any) -> EvalResult:

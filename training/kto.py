@@ -3,8 +3,9 @@
 Data: {"prompt": [msgs], "completion": [assistant msg], "label": bool}: single replies marked good
 (thumbs up) or bad, no pairs needed. As in DPO, only the completion tokens are scored and the
 reference is the model with its adapter disabled, also for a PeftModel passed in.
-KTO estimates its KL term from mismatched prompt/completion pairs inside each batch, so batches
-hold at least two examples and are drawn in order (TRL's `train_sampling_strategy="sequential"`).
+The "kto" loss (the default [kto] loss_type) estimates its KL term from mismatched prompt/completion
+pairs inside each batch, so batches hold at least two examples and are drawn in order (TRL's
+`train_sampling_strategy="sequential"`); "apo_zero_unpaired" has no KL term.
 """
 
 from __future__ import annotations
@@ -84,8 +85,12 @@ def train_kto(
             weight_decay=hp.weight_decay,
             max_grad_norm=hp.max_grad_norm,
             optim=hp.optim,
+            adam_beta1=hp.adam_beta1,
+            adam_beta2=hp.adam_beta2,
+            adam_epsilon=hp.adam_epsilon,
             logging_steps=hp.logging_steps,
             max_length=hp.max_length,
+            loss_type=hp.loss_type,
             beta=hp.beta,
             desirable_weight=hp.desirable_weight,
             undesirable_weight=hp.undesirable_weight,

@@ -21,9 +21,15 @@ class TrainResult:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     def training_summary(
-        self, *, examples_by_node: dict[str, int] | None = None, rounds: int = 0, method: str | None = None
+        self,
+        *,
+        examples_by_node: dict[str, int] | None = None,
+        rounds: int = 0,
+        method: str | None = None,
+        public_datasets: list[str] | None = None,
     ) -> TrainingSummary:
-        """The manifest's training section for a checkpoint built from this single run."""
+        """The manifest's training section for a checkpoint built from this single run.
+        `public_datasets`: Hub ids (ORG/NAME) of public datasets the data was pushed to, for the card."""
         examples = examples_by_node if examples_by_node is not None else {"local": int(self.metrics["examples"])}
         return TrainingSummary(
             method=method or self.method,
@@ -31,6 +37,7 @@ class TrainResult:
             rounds=rounds,
             steps=int(self.metrics["steps"]),
             hyperparameters=self.hyperparameters,
+            public_datasets=list(public_datasets or []),
         )
 
 

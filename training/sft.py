@@ -12,13 +12,26 @@ import tempfile
 import time
 from typing import Any
 
-from training.config import TrainingSettings
+from training.config import SFTSettings, TrainingSettings
 from training.data import check_dataset
 from training.lora import describe_adapter, ensure_lora, keep_adapter_state, remove_trl_patches
 from training.results import TrainResult, collect_result
 from training.runtime import apply_runtime
 
 GENERATION_MARKER = "{% generation %}"
+
+
+def check_chat_template(tokenizer: Any, hp: SFTSettings) -> None:
+    """ValueError (one line) when the tokenizer cannot train with these settings: no chat template,
+    or no {% generation %} markers while assistant_only_loss is on. Callers may check before any work."""
+    template = tokenizer.chat_template or ""
+    if not template:
+        raise ValueError("the tokenizer has no chat template; SFT on conversations needs one")
+    if hp.assistant_only_loss and GENERATION_MARKER not in template:
+        raise ValueError(
+            "assistant_only_loss needs a chat template with {% generation %} markers around the assistant "
+            "replies (see inference/chat_template.py); this tokenizer's template has none"
+        )
 
 
 def train_sft(
@@ -41,11 +54,7 @@ def train_sft(
     hp = settings.sft
     seed = hp.seed if seed is None else seed
     check_dataset(dataset, "sft")
-    if hp.assistant_only_loss and GENERATION_MARKER not in (tokenizer.chat_template or ""):
-        raise ValueError(
-            "assistant_only_loss needs a chat template with {% generation %} markers around the assistant "
-            "replies (see inference/chat_template.py); this tokenizer's template has none"
-        )
+    check_chat_template(tokenizer, hp)
     apply_runtime(settings.runtime)
     peft_model = ensure_lora(model, settings.lora, seed=seed)
 
@@ -83,6 +92,9 @@ def train_sft(
             weight_decay=hp.weight_decay,
             max_grad_norm=hp.max_grad_norm,
             optim=hp.optim,
+            adam_beta1=hp.adam_beta1,
+            adam_beta2=hp.adam_beta2,
+            adam_epsilon=hp.adam_epsilon,
             logging_steps=hp.logging_steps,
             max_length=hp.max_length,
             assistant_only_loss=hp.assistant_only_loss,

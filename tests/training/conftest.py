@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from training_rows import sft_rows
+from training_rows import dpo_rows, sft_rows
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -49,6 +49,24 @@ def sft_trained(tiny_model_path):
     before = heldout_loss(loaded.model, loaded.tokenizer, heldout, s.eval)
     result = train_sft(loaded.model, loaded.tokenizer, Dataset.from_list(sft_rows()), s, max_steps=8, learning_rate=1e-2)
     return loaded, result, before
+
+
+@pytest.fixture(scope="session")
+def dpo_trained(tiny_model_path):
+    """A fresh tiny-random after 6 DPO steps (the test `settings`): (loaded model, TrainResult).
+    Tests that train it further take a copy."""
+    from datasets import Dataset
+
+    from inference.loading import load_model
+    from training.config import TrainingSettings
+    from training.dpo import train_dpo
+
+    s = TrainingSettings()
+    s.lora.dropout = 0.0
+    s.dpo.learning_rate = 1e-2
+    loaded = load_model("tiny-random")
+    result = train_dpo(loaded.model, loaded.tokenizer, Dataset.from_list(dpo_rows()), s, max_steps=6)
+    return loaded, result
 
 
 @pytest.fixture

@@ -53,6 +53,44 @@ def test_checkpoint_loads_with_plain_transformers_and_matches_the_merged_model(s
     assert "{% generation %}" in tokenizer.chat_template  # the training template travels with the weights
 
 
+def test_a_dpo_checkpoint_also_matches_its_peft_model(dpo_trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    loaded, result = dpo_trained
+    path = build_checkpoint(result.model, loaded.tokenizer, tmp_path / "dpo", version="v0001", base_model="tiny-random",
+                            parent=loaded.resolved, training=result.training_summary())
+    assert read_manifest(path).training.method == "dpo"
+    ids = _ids(loaded.tokenizer)
+    with torch.no_grad():
+        peft_logits = result.model(input_ids=ids).logits
+        plain_logits = AutoModelForCausalLM.from_pretrained(path)(input_ids=ids).logits
+        with result.model.disable_adapter():
+            reference_logits = result.model(input_ids=ids).logits
+    assert (plain_logits - peft_logits).abs().max().item() < 1e-4
+    assert (plain_logits - reference_logits).abs().max().item() > 1e-3  # DPO moved the weights
+    assert list(result.model.peft_config) == ["default"]
+
+
+def test_public_datasets_reach_the_card_yaml(sft_trained, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from training.config import CheckpointSettings
+
+    loaded, result, _ = sft_trained
+    settings = CheckpointSettings(datasets=["swarm/shared-traces", "swarm/run-7"])
+    path = build_checkpoint(result.model, loaded.tokenizer, tmp_path / "ckpt", version="v0001", base_model="tiny-random",
+                            parent=loaded.resolved, training=result.training_summary(public_datasets=["swarm/run-7", "acme/chat"]),
+                            settings=settings)
+    expected = ["swarm/run-7", "acme/chat", "swarm/shared-traces"]  # the run's first, then the config's, once each
+    assert read_manifest(path).training.public_datasets == expected
+    card = ModelCard.load(path / "README.md")
+    assert card.data.datasets == expected
+    assert "[acme/chat](https://huggingface.co/datasets/acme/chat)" in card.text
+    without = build_checkpoint(result.model, loaded.tokenizer, tmp_path / "plain", version="v0001", base_model="tiny-random",
+                               parent=loaded.resolved, training=result.training_summary())
+    assert "datasets" not in ModelCard.load(without / "README.md").data.to_dict()
+
+
 def test_manifest_records_lineage_training_privacy_and_every_file(sft_trained, checkpoint_v1):
     loaded, _, _ = sft_trained
     manifest = verify_folder(checkpoint_v1)
@@ -64,7 +102,9 @@ def test_manifest_records_lineage_training_privacy_and_every_file(sft_trained, c
     assert manifest.training.examples_by_node == {"node-0": 4, "node-1": 4}
     assert manifest.training.rounds == 2 and manifest.training.steps == 8
     assert manifest.training.hyperparameters["lora"]["r"] == 8
-    assert manifest.privacy.epsilon == 3.0 and manifest.communication["bytes_up"] == 1234
+    assert manifest.privacy.model_dump() == {"dp": True, "epsilon": 3.0, "delta": 1e-5,
+                                             "mechanism": "server-side fixed clipping"}
+    assert manifest.communication["bytes_up"] == 1234
     assert manifest.lineage == [{"version": "v0000", "weights_sha256": loaded.resolved.weights_sha256,
                                  "method": "none", "ref": "tiny-random"}]
     assert not [p for p in checkpoint_v1.parent.iterdir() if p.name.startswith(".v1.tmp")]
@@ -81,7 +121,7 @@ def test_model_card_parses_and_tells_the_lineage(checkpoint_v1):
     manifest = read_manifest(checkpoint_v1)
     text = card.text
     assert "over 2 federated round(s)" in text and "from 2 node(s)" in text
-    assert "ε = 3.0" in text and manifest.weights_sha256 in text
+    assert "ε = 3.0, δ = 1e-05 (server-side fixed clipping)" in text and manifest.weights_sha256 in text
     assert "| node-0 | 4 |" in text and "| task_accuracy | 0.25 |" in text
 
 
@@ -115,6 +155,7 @@ def test_registry_ref_resolves_and_the_next_checkpoint_continues_the_lineage(sft
                           training=result.training_summary(), dtype="bfloat16")
     manifest = verify_folder(v2)
     assert manifest.version == "v0002" and manifest.parent_version == "v0001"
+    assert manifest.privacy.model_dump() == {"dp": False, "epsilon": None, "delta": None, "mechanism": None}
     assert manifest.base_model == "tiny-random" and manifest.dtype == "bfloat16"
     assert [entry["version"] for entry in manifest.lineage] == ["v0000", "v0001"]
     assert manifest.lineage[-1]["method"] == "fed-sft"

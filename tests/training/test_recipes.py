@@ -4,6 +4,7 @@ model as their reference."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -102,11 +103,8 @@ def test_dpo_reference_is_the_adapter_disabled_model(sft_model_copy, settings, p
     assert result.hyperparameters["reference"] == "adapter-disabled"
 
 
-def test_dpo_then_kto_on_a_fresh_model_learn_the_preference(tiny_model_path, settings):
-    from inference.loading import load_model
-
-    loaded = load_model("tiny-random")
-    result = train_dpo(loaded.model, loaded.tokenizer, Dataset.from_list(dpo_rows()), settings, max_steps=6)
+def test_dpo_then_kto_on_a_fresh_model_learn_the_preference(dpo_trained, settings):
+    loaded, result = dpo_trained
     m = result.metrics
     assert m["first_loss"] == pytest.approx(math.log(2), abs=1e-3)  # fresh adapter: policy == reference
     assert m["last_loss"] < m["first_loss"]
@@ -115,10 +113,12 @@ def test_dpo_then_kto_on_a_fresh_model_learn_the_preference(tiny_model_path, set
     assert after.metrics["preference_accuracy"] > 0.5 and after.metrics["reward_margin"] > 0
     assert len(after.correct) == 8
 
-    kto = train_kto(result.model, loaded.tokenizer, Dataset.from_list(kto_rows()), settings, max_steps=4)
-    assert kto.model is result.model and list(kto.model.peft_config) == ["default"]
+    model = copy.deepcopy(result.model)  # the fixture's DPO model stays as it was for other tests
+    kto = train_kto(model, loaded.tokenizer, Dataset.from_list(kto_rows()), settings, max_steps=4)
+    assert kto.model is model and list(kto.model.peft_config) == ["default"]
     assert kto.metrics["steps"] == 4 and math.isfinite(kto.metrics["last_loss"])
     assert kto.metrics["rewards/margins"] > 0  # desirable replies gain on undesirable ones
+    assert kto.hyperparameters["loss_type"] == "kto" and kto.hyperparameters["adam_beta2"] == 0.999
 
 
 def test_recipes_reject_data_in_the_wrong_format(tiny_model_path, settings):
@@ -133,3 +133,36 @@ def test_recipes_reject_data_in_the_wrong_format(tiny_model_path, settings):
     loaded.tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     with pytest.raises(ValueError, match="generation"):
         train_sft(loaded.model, loaded.tokenizer, Dataset.from_list(sft_rows()), settings, max_steps=1)
+
+
+def _optimizer_probe():
+    """A TrainerCallback that records the optimizer's Adam settings as the trainer built them."""
+    from transformers import TrainerCallback
+
+    class Probe(TrainerCallback):
+        seen: dict = {}
+
+        def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+            group = optimizer.param_groups[0]
+            self.seen = {"betas": tuple(group["betas"]), "eps": group["eps"]}
+
+    return Probe()
+
+
+def test_adam_settings_and_kto_loss_type_come_from_the_config(sft_model_copy, dpo_trained, settings):
+    model, tokenizer = sft_model_copy
+    settings.sft.adam_beta1, settings.sft.adam_beta2, settings.sft.adam_epsilon = 0.8, 0.95, 1e-6
+    probe = _optimizer_probe()
+    train_sft(model, tokenizer, Dataset.from_list(sft_rows()), settings, max_steps=1, callbacks=[probe])
+    assert probe.seen == {"betas": (0.8, 0.95), "eps": 1e-6}
+
+    # apo_zero_unpaired has no KL term, so a batch of one example is allowed (the config check knows it)
+    from training.config import KTOSettings
+
+    with pytest.raises(ValueError, match="at least 2"):
+        KTOSettings(per_device_train_batch_size=1)
+    settings.kto = KTOSettings(loss_type="apo_zero_unpaired", per_device_train_batch_size=1, learning_rate=1e-2)
+    loaded, dpo = dpo_trained
+    kto = train_kto(copy.deepcopy(dpo.model), loaded.tokenizer, Dataset.from_list(kto_rows(2)), settings, max_steps=2)
+    assert kto.hyperparameters["loss_type"] == "apo_zero_unpaired" and kto.metrics["steps"] == 2
+    assert math.isfinite(kto.metrics["last_loss"])
