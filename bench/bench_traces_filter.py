@@ -1,13 +1,13 @@
 """Privacy filter vs Presidio (AnalyzerEngine, `no_op` NLP engine = its pattern recognizers), one run.
 
-    .venv/bin/python bench/bench_traces_filter.py [--rows 3000] [--seed 7] [--presidio-rows 1000]
+    .venv/bin/python bench/bench_traces_filter.py [--rows 3000] [--seed 7] [--presidio-rows 1000] [--repeat 3]
 
 Both see the same texts: a faker PII corpus with known spans (12 locales), and real chitchat
 turns (no labels: what gets flagged there is over-redaction). Prints throughput (characters per
 CPU second, one core) for Presidio, our filter one text at a time, and our filter on a batch,
 with ratios, then recall and precision per type for both. Targets: >= 50x Presidio's throughput
 and >= its recall on every structured type; recall >= 0.99 on e-mails, cards, IBANs, SSNs, IPs
-and known key formats.
+and known key formats (found, and with every character covered: "full R").
 """
 
 from __future__ import annotations
@@ -51,14 +51,21 @@ def presidio_engine():
     return engine
 
 
+REPEAT = 3
+
+
 def cpu_seconds(fn) -> tuple[float, object]:
+    """The least CPU time of REPEAT runs (the machine's noise only ever adds time)."""
     from traces.redaction import detectors
 
-    detectors._is_phone.cache_clear()     # no run profits from the phone numbers another one parsed
-    gc.collect()
-    start = time.thread_time()
-    result = fn()
-    return time.thread_time() - start, result
+    best, result = float("inf"), None
+    for _ in range(REPEAT):
+        detectors._is_phone.cache_clear()     # no run profits from the phone numbers another one parsed
+        gc.collect()
+        start = time.thread_time()
+        result = fn()
+        best = min(best, time.thread_time() - start)
+    return best, result
 
 
 def main() -> None:
@@ -67,7 +74,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--presidio-rows", type=int, default=1000,
                         help="chitchat turns Presidio scans for the throughput line (it is slow)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement, Presidio's too (the least CPU time is kept)")
     args = parser.parse_args()
+    global REPEAT
+    REPEAT = args.repeat
     try:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})     # one core
     except (AttributeError, OSError):
@@ -114,18 +124,21 @@ def main() -> None:
 
     ours_score = score(corpus, [[tuple(s) for s in spans] for spans in our_spans])
     theirs = score(corpus, presidio_spans)
-    print("\nrecall / precision per type (a prediction counts when it covers >= half the span)")
-    print(f"  {'type':16s} {'gold':>5s}   {'ours R':>7s} {'ours P':>7s}   {'presidio R':>10s} {'presidio P':>10s}  verdict")
+    print("\nrecall / precision per type (R: a prediction of the type covers >= half the span; full R: the spans"
+          "\nof the type cover every character of it, nothing of the value left in clear)")
+    print(f"  {'type':16s} {'gold':>5s}   {'ours R':>7s} {'full R':>7s} {'ours P':>7s}   {'presidio R':>10s} "
+          f"{'full R':>7s} {'presidio P':>10s}  verdict")
     failures = []
     for kind in STRUCTURED:
         o, p = ours_score.get(kind, {}), theirs.get(kind, {})
         if not o.get("gold"):
             continue
         p_recall = p.get("recall", 0.0) if p.get("gold") else 0.0
-        ok = o["recall"] >= p_recall - 1e-9 and (kind not in STRICT or o["recall"] >= 0.99)
+        p_full = p.get("full_recall", 0.0) if p.get("gold") else 0.0
+        ok = o["recall"] >= p_recall - 1e-9 and (kind not in STRICT or min(o["recall"], o["full_recall"]) >= 0.99)
         failures += [] if ok else [kind]
-        print(f"  {kind:16s} {int(o['gold']):5d}   {o['recall']:7.4f} {o['precision']:7.4f}   "
-              f"{p_recall:10.4f} {p.get('precision', float('nan')):10.4f}  {'ok' if ok else 'BELOW TARGET'}")
+        print(f"  {kind:16s} {int(o['gold']):5d}   {o['recall']:7.4f} {o['full_recall']:7.4f} {o['precision']:7.4f}   "
+              f"{p_recall:10.4f} {p_full:7.4f} {p.get('precision', float('nan')):10.4f}  {'ok' if ok else 'BELOW TARGET'}")
     flagged = sum(1 for s in our_chat if s)
     flagged_p = sum(1 for s in presidio_chat if s)
     print(f"\nchitchat turns flagged: ours {flagged}/{len(chat)} ({flagged/len(chat):.3%}), "

@@ -1,20 +1,30 @@
 """Trace ingest (privacy filter + store) and bytes per stored trace, against baselines, one run.
 
-    .venv/bin/python bench/bench_traces_store.py [--repeat 3] [--batch 2048]
+    .venv/bin/python bench/bench_traces_store.py [--repeat 3] [--batch 2048] [--quick]
 
-Workload: every chitchat-dataset conversation as one trace (5,356 traces, about 2.3 KB of
-text each, the sizes of real chats), pinned to one core.
+Workloads, pinned to one core:
+  chitchat-sized  (the headline, the issue's target) multi-turn excerpts of the chitchat-dataset
+                  conversations (traces.samples.chitchat_excerpts: about 9,700, median 662 B of
+                  chat JSON, 6 turns), arriving as the node hands them over: CompletionRecords
+                  (inference.hooks) that the capture hook's writer converts into Traces
+                  (inference.capture.record_to_trace), redacts and stores;
+  conversations   every chitchat conversation as one ready Trace (5,356, mean 3.7 KB of JSON);
+  exchanges       one user turn and its reply as a ready Trace (mean 176 characters).
 
 (a) ingest throughput in steady state (the store already trained its dictionary), traces per
-    second of CPU time (and wall time, fsync included): redact the batch in one scan and commit
-    it in one transaction (what the background writer does), against
-    the plainest durable baseline: the same traces' JSON inserted into a bare SQLite table (WAL,
-    synchronous=FULL, one transaction per batch, no filter, no compression, no index); then the
-    real background writer end to end (submit everything, flush). Target >= 20,000 traces/s.
+    second of CPU time (and wall time, fsync included): convert (chitchat-sized only), redact the
+    batch in one scan and commit it in one transaction (what the background writer does),
+    against the plainest durable baseline: the same records' JSON inserted into a bare SQLite
+    table (WAL, synchronous=FULL, one transaction per batch, no filter, no compression, no index);
+    then the real capture hook (TraceCapture.on_completion per record, its background writer
+    converting, redacting and committing) and the bare TraceWriter end to end.
+    Target >= 20,000 traces/s for chitchat-sized traces.
 (b) bytes per stored trace: the whole database file (indexes, dictionary and free space
     included) after a WAL checkpoint, right after ingest and after compaction, against the raw
     JSON of the same (redacted) traces and the whole-file gzip -9 / zstd -3 JSONL of them, which
     allow no per-record access. Targets: <= 0.30x raw JSON and <= whole-file gzip.
+
+--quick runs a few thousand traces of each workload (a check that the script works, not figures).
 """
 
 from __future__ import annotations
@@ -36,12 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zstandard  # noqa: E402
 
+from inference.capture import TraceCapture, record_to_trace  # noqa: E402  (torch-free)
+from inference.hooks import CompletionChoice, CompletionRecord  # noqa: E402
 from traces.config import StoreSettings  # noqa: E402
 from traces.ingest import redact_traces  # noqa: E402
 from traces.redaction import PrivacyFilter  # noqa: E402
-from traces.samples import chitchat_traces  # noqa: E402
+from traces.samples import SAMPLE_MODEL, _chat_json_bytes, chitchat_excerpts, chitchat_traces  # noqa: E402
 from traces.store import TraceStore  # noqa: E402
 from traces.writer import TraceWriter  # noqa: E402
+
+NODE_ID = "node-bench"
 
 
 def exchange_traces(limit: int) -> list:
@@ -57,6 +71,31 @@ def exchange_traces(limit: int) -> list:
     return out
 
 
+def excerpt_records(limit: int | None = None) -> list[CompletionRecord]:
+    """Chitchat-sized excerpts as the node server hands them to the capture hook."""
+    rng = random.Random(0)
+    records = []
+    now = int(time.time())
+    for i, turns in enumerate(chitchat_excerpts(limit)):
+        messages = [{"role": "user" if k % 2 == 0 else "assistant", "content": text} for k, text in enumerate(turns[:-1])]
+        reply = turns[-1]
+        records.append(CompletionRecord(
+            completion_id=f"chatcmpl-{rng.getrandbits(96):024x}", created=now - len(turns) + i % 600,
+            request={"model": SAMPLE_MODEL.ref, "messages": messages, "temperature": 0.7, "top_p": 0.95,
+                     "max_tokens": 256},
+            headers={"content-type": "application/json", "user-agent": "OpenAI/Python 2.8.1"},
+            choices=[CompletionChoice(index=0, text=reply, finish_reason="stop", completion_tokens=len(reply) // 4)],
+            prompt_tokens=sum(len(m["content"]) for m in messages) // 4, completion_tokens=len(reply) // 4,
+            latency_s=round(rng.uniform(0.2, 3.0), 3), time_to_first_token_s=round(rng.uniform(0.02, 0.3), 3),
+            model_ref=SAMPLE_MODEL.ref, model_version=SAMPLE_MODEL.version, weights_sha256=SAMPLE_MODEL.weights_sha256))
+    return records
+
+
+def convert(records: list[CompletionRecord]) -> list:
+    """What the capture hook's writer does first with each record (consent already decided)."""
+    return [record_to_trace(record, NODE_ID, "local") for record in records]
+
+
 def timed(fn):
     gc.collect()
     wall, cpu = time.perf_counter(), time.thread_time()
@@ -67,29 +106,35 @@ def timed(fn):
 WARM = 1500     # traces written first, untimed: the store trains its zstd dictionary on them
 
 
-def warm_store(traces, path: Path) -> float:
+def as_traces(items) -> list:
+    return convert(items) if items and isinstance(items[0], CompletionRecord) else items
+
+
+def warm_store(items, path: Path) -> float:
     """A store that already has its dictionary (steady state). Returns the one-time training cost."""
     with TraceStore(path) as store:
         start = time.thread_time()
-        store.add_traces(redact_traces(PrivacyFilter(), traces[:WARM]))
+        store.add_traces(redact_traces(PrivacyFilter(), as_traces(items[:WARM])))
         return time.thread_time() - start
 
 
-def ingest_ours(traces, path: Path, batch: int) -> None:
+def ingest_ours(items, path: Path, batch: int) -> None:
+    """Records are converted into Traces here, inside the timing, as the capture hook's writer does."""
     privacy = PrivacyFilter()
     with TraceStore(path) as store:
-        for i in range(WARM, len(traces), batch):
-            store.add_traces(redact_traces(privacy, traces[i:i + batch]))
+        for i in range(WARM, len(items), batch):
+            store.add_traces(redact_traces(privacy, as_traces(items[i:i + batch])))
 
 
-def ingest_baseline(traces, path: Path, batch: int) -> None:
+def ingest_baseline(items, path: Path, batch: int) -> None:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
     db.execute("CREATE TABLE traces(id TEXT, json TEXT)")
-    for i in range(WARM, len(traces), batch):
+    key = (lambda r: r.completion_id) if isinstance(items[0], CompletionRecord) else (lambda t: t.id)
+    for i in range(WARM, len(items), batch):
         db.execute("BEGIN")
-        db.executemany("INSERT INTO traces VALUES (?, ?)", [(t.id, t.model_dump_json()) for t in traces[i:i + batch]])
+        db.executemany("INSERT INTO traces VALUES (?, ?)", [(key(x), x.model_dump_json()) for x in items[i:i + batch]])
         db.execute("COMMIT")
     db.close()
 
@@ -102,23 +147,34 @@ def ingest_writer(traces, path: Path) -> None:
     writer.close()
 
 
+def ingest_capture(records, path: Path) -> None:
+    """The node's real capture hook: consent check per record, then its background writer."""
+    capture = TraceCapture(path, NODE_ID, "local")
+    for record in records[WARM:]:
+        capture.on_completion(record)
+    capture.flush()
+    capture.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (the best is kept)")
     parser.add_argument("--batch", type=int, default=2048, help="traces per transaction")
-    parser.add_argument("--exchanges", type=int, default=20_000, help="single-exchange traces for the second workload")
+    parser.add_argument("--exchanges", type=int, default=20_000, help="single-exchange traces for the third workload")
+    parser.add_argument("--quick", action="store_true", help="a few thousand traces per workload, one run each")
     args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.exchanges = 1, 3000
     try:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     except (AttributeError, OSError):
         pass
-    traces = list(chitchat_traces(seed=0))
-    n = len(traces)
-    text_chars = statistics.mean(sum(len(m.content) for m in t.messages) + len(t.choices[0].text) for t in traces)
+    records = excerpt_records(3000 if args.quick else None)
+    traces = list(chitchat_traces(3000 if args.quick else None, seed=0))
     gc.collect()
     gc.freeze()      # the corpus is a large live heap; a node's writer does not carry one
     work = Path(tempfile.mkdtemp(prefix="bench-traces-"))
-    print(f"workload: {n} chitchat traces, mean {text_chars:,.0f} characters of text each; one core\n")
+    print("one core" + (" (--quick: a check that the script runs, not figures)" if args.quick else "") + "\n")
 
     training = []
 
@@ -131,30 +187,54 @@ def main() -> None:
             runs.append(timed(lambda: fn(path)))
         return min(runs, key=lambda x: x[1])
 
-    wall_b, cpu_b = best(lambda p: ingest_baseline(traces, p, args.batch), "baseline")
-    wall_o, cpu_o = best(lambda p: ingest_ours(traces, p, args.batch), "ours", warm_with=traces)
-    wall_w, cpu_w = best(lambda p: ingest_writer(traces, p), "writer", warm_with=traces)
-    n = len(traces) - WARM
-    print(f"(a) ingest of {n} traces into a store that has its dictionary (the first {WARM} train it: "
-          f"{min(training):.1f} s once), traces per second")
-    print(f"  {'baseline: JSON into bare SQLite':42s} cpu {n/cpu_b:9,.0f}/s   wall {n/wall_b:9,.0f}/s")
-    print(f"  {'ours: filter + store (one core)':42s} cpu {n/cpu_o:9,.0f}/s   wall {n/wall_o:9,.0f}/s"
-          f"   ({(n/cpu_o)/(n/cpu_b):.2f}x baseline cpu)")
-    print(f"  {'ours: background TraceWriter end to end':42s} wall {n/wall_w:9,.0f}/s  (both threads)")
-    print(f"  target >= 20,000/s: {'met' if n / cpu_o >= 20_000 else 'NOT met'} (cpu)")
+    def report(name, n, baseline, ours):
+        (wall_b, cpu_b), (wall_o, cpu_o) = baseline, ours
+        print(f"  {'baseline: JSON into bare SQLite':44s} cpu {n/cpu_b:9,.0f}/s   wall {n/wall_b:9,.0f}/s")
+        print(f"  {name:44s} cpu {n/cpu_o:9,.0f}/s   wall {n/wall_o:9,.0f}/s   ({(n/cpu_o)/(n/cpu_b):.2f}x baseline cpu)")
+        return n / cpu_o
 
-    # The same conversations cut into exchanges (one user turn and the reply), the shortest trace
-    # a chat produces: per-trace costs dominate instead of per-byte ones.
+    # (a1) chitchat-sized: the issue's workload, from CompletionRecords.
+    m = len(records) - WARM
+    chat_json = statistics.median(_chat_json_bytes([msg["content"] for msg in r.request["messages"]] + [r.choices[0].text])
+                                  for r in records)
+    trace_json = statistics.median(len(t.model_dump_json()) for t in convert(records[:2000]))
+    print(f"(a) ingest into a store that has its dictionary (the first {WARM} records train it), traces per second")
+    print(f"  chitchat-sized: {m} excerpts, median {chat_json:,.0f} B of chat JSON ({trace_json:,.0f} B as a whole"
+          f" Trace JSON, with model, sampling, usage...), {statistics.median(len(r.request['messages']) + 1 for r in records):.0f} turns;"
+          " convert + filter + store")
+    rate = report("ours: convert + filter + store (one core)", m,
+                  best(lambda p: ingest_baseline(records, p, args.batch), "baseline-c"),
+                  best(lambda p: ingest_ours(records, p, args.batch), "ours-c", warm_with=records))
+    wall_c, _ = best(lambda p: ingest_capture(records, p), "capture", warm_with=records)
+    print(f"  {'ours: TraceCapture.on_completion end to end':44s} wall {m/wall_c:9,.0f}/s  (request + writer threads)")
+    print(f"  target >= 20,000/s: {'met' if rate >= 20_000 else 'NOT met'} (cpu, convert + filter + store)")
+
+    # (a2) whole conversations, ready Traces.
+    n = len(traces) - WARM
+    text_chars = statistics.mean(sum(len(msg.content) for msg in t.messages) + len(t.choices[0].text) for t in traces)
+    print(f"  conversations: {n} whole chitchat conversations as ready Traces, mean {text_chars:,.0f} characters of text")
+    report("ours: filter + store (one core)", n,
+           best(lambda p: ingest_baseline(traces, p, args.batch), "baseline"),
+           best(lambda p: ingest_ours(traces, p, args.batch), "ours", warm_with=traces))
+    wall_w, _ = best(lambda p: ingest_writer(traces, p), "writer", warm_with=traces)
+    print(f"  {'ours: background TraceWriter end to end':44s} wall {n/wall_w:9,.0f}/s  (both threads)")
+
+    # (a3) The same conversations cut into exchanges (one user turn and the reply), the shortest
+    # trace a chat produces: per-trace costs dominate instead of per-byte ones.
     exchanges = exchange_traces(args.exchanges)
     m = len(exchanges) - WARM
     size = statistics.mean(len(t.messages[0].content) + len(t.choices[0].text) for t in exchanges)
-    wall_b2, cpu_b2 = best(lambda p: ingest_baseline(exchanges, p, args.batch), "baseline-x")
-    wall_o2, cpu_o2 = best(lambda p: ingest_ours(exchanges, p, args.batch), "ours-x", warm_with=exchanges)
-    print(f"  exchanges ({m} traces of one user turn + reply, mean {size:,.0f} characters):")
-    print(f"  {'baseline: JSON into bare SQLite':42s} cpu {m/cpu_b2:9,.0f}/s   wall {m/wall_b2:9,.0f}/s")
-    print(f"  {'ours: filter + store (one core)':42s} cpu {m/cpu_o2:9,.0f}/s   wall {m/wall_o2:9,.0f}/s"
-          f"   ({(m/cpu_o2)/(m/cpu_b2):.2f}x baseline cpu)\n")
+    print(f"  exchanges: {m} traces of one user turn + reply, mean {size:,.0f} characters")
+    report("ours: filter + store (one core)", m,
+           best(lambda p: ingest_baseline(exchanges, p, args.batch), "baseline-x"),
+           best(lambda p: ingest_ours(exchanges, p, args.batch), "ours-x", warm_with=exchanges))
+    print(f"  (training the first dictionary: {min(training):.1f} s cpu, once per store)\n")
 
+    for label, items in [("chitchat-sized excerpts", convert(records)), ("whole conversations", traces)]:
+        bytes_report(label, items, args.batch, work / f"bytes-{label.split()[0]}.db")
+
+
+def bytes_report(label: str, traces: list, batch: int, path: Path) -> None:
     n = len(traces)
     redacted = redact_traces(PrivacyFilter(), traces)
     raw = [t.model_dump_json().encode() for t in redacted]
@@ -162,11 +242,10 @@ def main() -> None:
     blob = b"\n".join(raw) + b"\n"
     gz = len(gzip.compress(blob, compresslevel=9))
     zs = len(zstandard.ZstdCompressor(level=3).compress(blob))
-    path = work / "bytes.db"
     settings = StoreSettings()
     with TraceStore(path, settings=settings) as store:
-        for i in range(0, n, args.batch):
-            store.add_traces(redacted[i:i + args.batch])
+        for i in range(0, n, batch):
+            store.add_traces(redacted[i:i + batch])
         kept = len(store)
         store.checkpoint()
         after_ingest = path.stat().st_size
@@ -176,7 +255,7 @@ def main() -> None:
         store.checkpoint()
         after_compact = path.stat().st_size
         assert store.integrity_check() == "ok"
-    print(f"(b) bytes per stored trace ({kept} kept of {n}: exact duplicates fold)")
+    print(f"(b) bytes per stored trace, {label} ({kept} kept of {n}: exact duplicates fold)")
     rows = [("raw JSON (model_dump_json, JSONL)", raw_bytes / n), ("whole-file gzip -9 JSONL (no per-record access)", gz / n),
             ("whole-file zstd -3 JSONL (no per-record access)", zs / n),
             (f"store right after ingest (zstd-{settings.compression_level} + dictionary)", after_ingest / n),
@@ -185,7 +264,7 @@ def main() -> None:
         print(f"  {name:52s} {per:7.0f} B   {per/(raw_bytes/n):5.3f}x raw   {per/(gz/n):5.3f}x gzip")
     final = after_compact / raw_bytes
     print(f"  targets: <= 0.30x raw: {'met' if final <= 0.30 else 'NOT met'} ({final:.3f}); "
-          f"<= gzip: {'met' if after_compact <= gz else 'NOT met'} ({after_compact/gz:.3f}x)")
+          f"<= gzip: {'met' if after_compact <= gz else 'NOT met'} ({after_compact/gz:.3f}x)\n")
 
 
 if __name__ == "__main__":

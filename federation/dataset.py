@@ -31,7 +31,7 @@ def load_examples(path: Path | str, method: str, *, model_version: str | None = 
     else:
         from traces.export import to_dataset
 
-        dataset = to_dataset(method, path, model_version=model_version)
+        dataset = to_dataset(method, path, model_version=model_version, consent="local")   # on the node: local + share
         if len(dataset) == 0:
             raise NotEnoughData("no usable examples" + (f" from model version {model_version}" if model_version else ""))
         check_dataset(dataset, method)

@@ -8,6 +8,8 @@
 Fields combine. Answers 200 with {"id", "object": "feedback", "completion_id", "created",
 "pairs", "kto_rows"}; 404 when this node holds no trace of that completion (never stored, opted
 out, or expired); 400 on bad input. Errors have the OpenAI shape. Texts are redacted like traces.
+A node with consent off mounts `feedback_off_router()`: the same validation, then always 404 (it
+stores nothing, so no completion can take feedback), saying why.
 """
 
 from __future__ import annotations
@@ -90,5 +92,23 @@ def feedback_router(capture: "TraceCapture") -> APIRouter:
         return JSONResponse({"id": feedback.id, "object": "feedback", "completion_id": parsed.completion_id,
                              "created": int(feedback.created_at), "pairs": len(outcome.pairs),
                              "kto_rows": len(outcome.kto)})
+
+    return router
+
+
+def feedback_off_router() -> APIRouter:
+    """POST /v1/feedback on a node that captures nothing (consent off): 400 on bad input, else 404."""
+    router = APIRouter()
+
+    @router.post(FEEDBACK_PATH, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": FeedbackRequest.model_json_schema()}}}})
+    async def post_feedback_capture_off(request: Request) -> JSONResponse:
+        parsed = _parse(await request.body())
+        if isinstance(parsed, JSONResponse):
+            return parsed
+        return JSONResponse(error_body(
+            f"no stored completion {parsed.completion_id!r} on this node: trace capture is off (consent off), "
+            "so no completion is kept and none can take feedback", param="completion_id", code="not_found"),
+            status_code=404)
 
     return router

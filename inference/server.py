@@ -347,6 +347,10 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
     if capture_hook is not None:
         for router in capture_hook.routes():
             app.include_router(router)
+    else:   # consent off: /v1/feedback still answers, in the OpenAI error shape, saying why it is 404
+        from inference.feedback import feedback_off_router
+
+        app.include_router(feedback_off_router())
     app.include_router(admin_router(state.redeployer, admin_token))
 
     # ---------------------------------------------------------------- errors

@@ -18,8 +18,9 @@ from swarmloop.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-CONSENT_HELP = ("Trace capture: off (default, nothing is stored), local (privacy-filtered traces stay in the "
-                "store), share (also usable for federated training). local/share need --store.")
+CONSENT_HELP = ("Trace capture: off (default, nothing is stored), local (privacy-filtered traces are kept in the "
+                "store and used only by federated rounds on this node; they never leave it), share (may also be "
+                "exported or pushed to a dataset repository). local/share need --store.")
 
 
 def load_node_config(config: Optional[Path], overrides: dict[str, Any]):

@@ -164,19 +164,25 @@ def export(
     out: Path = typer.Option(..., "--out", help="Folder for the zstd Parquet shards (datasets.load_dataset('parquet', data_dir=OUT) reads it)."),
     model_version: Optional[list[str]] = typer.Option(None, "--model-version", help="Keep rows of this model version (repeatable)."),
     since: Optional[str] = typer.Option(None, "--since", help="Keep rows created at or after this time (unix seconds or ISO date)."),
-    consent: Optional[str] = typer.Option(None, "--consent", help="'share' keeps share-level rows only; 'local' (default) keeps all."),
+    consent: str = typer.Option(
+        "share", "--consent",
+        help="share (default): only records captured with consent 'share', the ones that may leave the node. "
+             "local: also records kept at level 'local', for use on this node only (e.g. training here); "
+             "never copy that folder off the node."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many rows."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Export traces (sft) or preference data (dpo, kto) in TRL's conversational formats."""
+    """Export traces (sft) or preference data (dpo, kto) in TRL's conversational formats.
+
+    Only share-level records by default: records kept at consent 'local' never leave the node."""
     from rich.console import Console
 
     from traces.export import FORMATS, to_dataset, write_parquet_shards
 
     if format not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
-    if consent not in (None, "local", "share"):
-        raise UserError(f"--consent must be local or share, not {consent!r}")
+    if consent not in ("local", "share"):
+        raise UserError(f"--consent must be share or local, not {consent!r}")
     cfg = _config(config)
     opened = _open_store(store)
     console = Console(stderr=True)
@@ -186,10 +192,14 @@ def export(
                                  since=_parse_since(since), consent=consent, limit=limit)
         with console.status(f"writing {len(dataset)} rows to {out}"):
             paths = write_parquet_shards(dataset, out, shard_rows=cfg.store.export_shard_rows,
-                                         manifest={"format": format, "store": str(store), "consent": consent or "local"})
+                                         manifest={"format": format, "store": str(store), "consent": consent})
+        local_only = opened.count_by_consent().get("local", 0) if consent == "share" else 0
     finally:
         opened.close()
     print(f"wrote {len(dataset)} {format} rows in {len(paths)} shard(s) to {out}")
+    if local_only:
+        print(f"left out {local_only} trace(s) kept at consent 'local' (for this node only; "
+              "--consent local exports them for on-node use)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------- push

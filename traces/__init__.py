@@ -8,6 +8,7 @@
     traces.judges       verifier judges: Judge = Callable[[reply, task row], float]
     traces.tasks        checkable tasks (arithmetic, units, facts, multiple choice), seeded
     traces.export       to_sft_dataset / to_dpo_dataset / to_kto_dataset, Parquet shards
+                        (share-level records only, unless consent="local" for use on the node)
     traces.push         share-level data to a Hugging Face dataset repository
     traces.schemas      Trace, Feedback, PreferencePair, KTORow (pydantic, versioned)
 

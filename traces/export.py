@@ -6,9 +6,14 @@
     to_kto_dataset(store)  -> {"prompt": [...], "completion": [{"role": "assistant", ...}],
                                "label": bool, "trace_ids": [...], "origin": "thumbs" | ...}
 
+Consent: by default only share-level records are read (`consent="share"`): what the operator
+agreed may leave the node. `consent="local"` also reads records kept at level "local", which may
+be used only on the node itself (its federated rounds read them this way, in process) and must
+never be copied off it.
+
 Filters (all optional): `model_version` (one or several), `since` (unix seconds or datetime),
-`consent` ("share" keeps share-level records only; "local" keeps all), `limit`. `trace_ids` names
-the stored traces each row came from (drop it with `.remove_columns(...)` when training).
+`limit`. `trace_ids` names the stored traces each row came from (drop it with
+`.remove_columns(...)` when training).
 
 SFT rows follow the feedback: the user's correction replaces the reply it corrects, a choice
 among n picks the chosen reply (else the first), and a reply voted down is left out.
@@ -32,6 +37,8 @@ if TYPE_CHECKING:
     import datasets
 
 FORMATS = ("sft", "dpo", "kto")
+CONSENTS = ("share", "local")       # what a reader asks for: share-level only, or local + share
+DEFAULT_CONSENT = "share"           # privacy by default: only what may leave the node
 MANIFEST_NAME = ".swarmloop-export.json"     # a dot file: load_dataset's data file patterns skip it
 
 
@@ -64,12 +71,19 @@ def _feedback_by_trace(store: TraceStore) -> dict[str, list[Feedback]]:
     return by_trace
 
 
+def _check_consent(consent: str) -> str:
+    if consent not in CONSENTS:
+        raise ValueError(f"consent must be 'share' (records that may leave the node) or 'local' "
+                         f"(also local-only records, for use on this node), not {consent!r}")
+    return consent
+
+
 def sft_rows(store: TraceStore, *, model_version: str | Sequence[str] | None = None,
-             since: float | datetime | None = None, consent: str | None = None,
+             since: float | datetime | None = None, consent: str = DEFAULT_CONSENT,
              limit: int | None = None) -> Iterator[dict[str, Any]]:
     feedback = _feedback_by_trace(store)
     produced = 0
-    for record in store.iter_records(model_version=model_version, since=since, consent=consent):
+    for record in store.iter_records(model_version=model_version, since=since, consent=_check_consent(consent)):
         replies = record.replies
         chosen_index, corrections, votes = 0, {}, {}
         for item in feedback.get(record.id, []):          # in order: the latest wins
@@ -93,14 +107,14 @@ def sft_rows(store: TraceStore, *, model_version: str | Sequence[str] | None = N
             return
 
 
-def dpo_rows(store: TraceStore, **filters: Any) -> Iterator[dict[str, Any]]:
-    for pair in store.iter_pairs("dpo", **filters):
+def dpo_rows(store: TraceStore, *, consent: str = DEFAULT_CONSENT, **filters: Any) -> Iterator[dict[str, Any]]:
+    for pair in store.iter_pairs("dpo", consent=_check_consent(consent), **filters):
         yield {"prompt": [_msg(m) for m in pair.prompt], "chosen": [_msg(pair.chosen)],
                "rejected": [_msg(pair.rejected)], "trace_ids": list(pair.trace_ids), "origin": pair.source}
 
 
-def kto_rows(store: TraceStore, **filters: Any) -> Iterator[dict[str, Any]]:
-    for row in store.iter_pairs("kto", **filters):
+def kto_rows(store: TraceStore, *, consent: str = DEFAULT_CONSENT, **filters: Any) -> Iterator[dict[str, Any]]:
+    for row in store.iter_pairs("kto", consent=_check_consent(consent), **filters):
         yield {"prompt": [_msg(m) for m in row.prompt], "completion": [_msg(row.completion)],
                "label": row.label, "trace_ids": list(row.trace_ids), "origin": row.source}
 
@@ -108,9 +122,11 @@ def kto_rows(store: TraceStore, **filters: Any) -> Iterator[dict[str, Any]]:
 _ROWS = {"sft": sft_rows, "dpo": dpo_rows, "kto": kto_rows}
 
 
-def rows(kind: str, store: TraceStore | Path | str, **filters: Any) -> list[dict[str, Any]]:
+def rows(kind: str, store: TraceStore | Path | str, *, consent: str = DEFAULT_CONSENT,
+         **filters: Any) -> list[dict[str, Any]]:
     if kind not in _ROWS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {kind!r}")
+    filters["consent"] = _check_consent(consent)
     opened = _open(store)
     try:
         return list(_ROWS[kind](opened, **filters))
@@ -119,24 +135,26 @@ def rows(kind: str, store: TraceStore | Path | str, **filters: Any) -> list[dict
             opened.close()
 
 
-def to_dataset(kind: str, store: TraceStore | Path | str, **filters: Any) -> "datasets.Dataset":
+def to_dataset(kind: str, store: TraceStore | Path | str, *, consent: str = DEFAULT_CONSENT,
+               **filters: Any) -> "datasets.Dataset":
+    """`kind` rows as a Dataset; share-level records only unless `consent="local"` (on-node use)."""
     from datasets import Dataset
 
     features = _features(kind)
-    found = rows(kind, store, **filters)
+    found = rows(kind, store, consent=consent, **filters)
     if not found:   # from_list cannot build an empty table with a schema
         return Dataset.from_dict({name: [] for name in features}, features=features)
     return Dataset.from_list(found, features=features)
 
 
 def to_sft_dataset(store: TraceStore | Path | str, *, model_version: str | Sequence[str] | None = None,
-                   since: float | datetime | None = None, consent: str | None = None,
+                   since: float | datetime | None = None, consent: str = DEFAULT_CONSENT,
                    limit: int | None = None) -> "datasets.Dataset":
     return to_dataset("sft", store, model_version=model_version, since=since, consent=consent, limit=limit)
 
 
 def to_dpo_dataset(store: TraceStore | Path | str, *, model_version: str | Sequence[str] | None = None,
-                   since: float | datetime | None = None, consent: str | None = None,
+                   since: float | datetime | None = None, consent: str = DEFAULT_CONSENT,
                    limit: int | None = None, origin: str | None = None) -> "datasets.Dataset":
     """`origin` keeps pairs from one source: "choice", "correction", "judge" (any judge), "judge:numeric"."""
     return to_dataset("dpo", store, model_version=model_version, since=since, consent=consent,
@@ -144,7 +162,7 @@ def to_dpo_dataset(store: TraceStore | Path | str, *, model_version: str | Seque
 
 
 def to_kto_dataset(store: TraceStore | Path | str, *, model_version: str | Sequence[str] | None = None,
-                   since: float | datetime | None = None, consent: str | None = None,
+                   since: float | datetime | None = None, consent: str = DEFAULT_CONSENT,
                    limit: int | None = None, origin: str | None = None) -> "datasets.Dataset":
     return to_dataset("kto", store, model_version=model_version, since=since, consent=consent,
                       limit=limit, origin=origin)

@@ -13,6 +13,7 @@ import json
 import random
 import string
 from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import quote
 
 LOCALES = ["en_US", "en_GB", "de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pt_BR", "pl_PL", "en_IN", "en_CA", "ja_JP"]
 
@@ -166,7 +167,8 @@ def _value(kind: str, fake: Any, locale: str, rng: random.Random) -> tuple[str, 
         scheme = rng.choice(["https", "postgres", "mysql", "ftp", "redis", "amqp"])
         user = fake.user_name()
         password = fake.password(length=rng.randrange(8, 20), special_chars=False)
-        return f"{scheme}://{user}:{password}@{fake.domain_name()}/{fake.word()}", ""
+        path = quote(fake.word(), safe="")          # a URL has no spaces ("w końcu" -> "w%20ko%C5%84cu")
+        return f"{scheme}://{user}:{password}@{fake.domain_name()}/{path}", ""
     if kind == "US_SSN":
         return (fake.ssn() if locale == "en_US" else None), ""  # type: ignore[return-value]
     if kind == "NATIONAL_ID":
@@ -234,33 +236,56 @@ def generate_pii_corpus(n: int, seed: int = 0, locales: Sequence[str] = LOCALES,
 
 def score(corpus: Sequence[dict[str, Any]], predicted: Iterable[Sequence[tuple[int, int, str]]],
           min_overlap: float = 0.5) -> dict[str, dict[str, float]]:
-    """Per-type recall and precision. A prediction matches a gold span of the same type when it
-    covers at least `min_overlap` of it; `any_type_recall` counts a gold span as caught when any
-    prediction covers it that much (it was redacted, perhaps under another label)."""
+    """Per-type recall and precision.
+
+    recall: a prediction of the same type covers at least `min_overlap` of the gold span (it was
+        found, perhaps with a ragged edge);
+    full_recall: predictions of the same type cover every character of it (nothing of the value
+        is left in clear text);
+    any_type_recall / full_any_type_recall: the same with predictions of any type (it was
+        redacted, perhaps under another label);
+    precision: predictions that overlap a gold span of their type."""
     stats: dict[str, dict[str, float]] = {}
 
     def entry(kind: str) -> dict[str, float]:
-        return stats.setdefault(kind, {"gold": 0, "tp": 0, "caught": 0, "predicted": 0, "fp": 0})
+        return stats.setdefault(kind, {"gold": 0, "tp": 0, "full": 0, "caught": 0, "caught_full": 0,
+                                       "predicted": 0, "fp": 0})
 
     def covers(p: tuple[int, int, str], g: dict[str, Any]) -> bool:
         overlap = min(p[1], g["end"]) - max(p[0], g["start"])
         return overlap >= min_overlap * (g["end"] - g["start"])
+
+    def fully_covered(preds: list[tuple[int, int, str]], g: dict[str, Any]) -> bool:
+        cursor = g["start"]
+        for start, end, _ in sorted(preds):
+            if start > cursor:
+                break
+            cursor = max(cursor, end)
+            if cursor >= g["end"]:
+                return True
+        return cursor >= g["end"]
 
     for row, preds in zip(corpus, predicted):
         preds = list(preds)
         for gold in row["spans"]:
             e = entry(gold["type"])
             e["gold"] += 1
-            e["tp"] += any(p[2] == gold["type"] and covers(p, gold) for p in preds)
+            same = [p for p in preds if p[2] == gold["type"]]
+            e["tp"] += any(covers(p, gold) for p in same)
+            e["full"] += fully_covered(same, gold)
             e["caught"] += any(covers(p, gold) for p in preds)
+            e["caught_full"] += fully_covered(preds, gold)
         for p in preds:
             e = entry(p[2])
             e["predicted"] += 1
             hit = any(g["type"] == p[2] and min(p[1], g["end"]) > max(p[0], g["start"]) for g in row["spans"])
             e["fp"] += not hit
     for e in stats.values():
-        e["recall"] = e["tp"] / e["gold"] if e["gold"] else float("nan")
-        e["any_type_recall"] = e["caught"] / e["gold"] if e["gold"] else float("nan")
+        gold = e["gold"]
+        e["recall"] = e["tp"] / gold if gold else float("nan")
+        e["full_recall"] = e["full"] / gold if gold else float("nan")
+        e["any_type_recall"] = e["caught"] / gold if gold else float("nan")
+        e["full_any_type_recall"] = e["caught_full"] / gold if gold else float("nan")
         e["precision"] = (e["predicted"] - e["fp"]) / e["predicted"] if e["predicted"] else float("nan")
     return stats
 

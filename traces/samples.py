@@ -8,6 +8,7 @@ becomes its first message as the prompt and the rest as the reply; single messag
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
@@ -72,3 +73,41 @@ def chitchat_traces(n: int | None = None, seed: int = 0, start_time: float | Non
     for i in range(count):
         yield conversation_to_trace(conversations[i % len(conversations)], rng=rng,
                                     created_at=start_time + i + rng.random(), **kwargs)
+
+
+def _chat_json_bytes(turns: tuple[str, ...] | list[str]) -> int:
+    return len(json.dumps([{"role": "user" if i % 2 == 0 else "assistant", "content": text}
+                           for i, text in enumerate(turns)]).encode())
+
+
+def chitchat_excerpts(n: int | None = None, seed: int = 0, target_bytes: int = 580,
+                      per_conversation: int = 3) -> list[tuple[str, ...]]:
+    """Chitchat-sized exchanges: runs of whole turns (user first, a reply last) cut from the
+    conversations, each the shortest run from a random user turn that reaches `target_bytes` of
+    chat JSON ([{"role", "content"}, ...]), growing forwards, then backwards at a conversation's end;
+    up to `per_conversation` different runs per conversation (short ones stay whole, once).
+    With the defaults: about 9,700 excerpts, median 662 B of chat JSON (mean 663 B), 6 turns."""
+    rng = random.Random(seed)
+    conversations = list(chitchat_conversations())
+    rng.shuffle(conversations)
+    out: list[tuple[str, ...]] = []
+    for turns in conversations:
+        pairs = len(turns) // 2
+        taken: set[tuple[int, int]] = set()
+        for _ in range(per_conversation):
+            start = rng.randrange(pairs) * 2
+            end = start + 2
+            while _chat_json_bytes(turns[start:end]) < target_bytes:
+                if end + 2 <= 2 * pairs:
+                    end += 2
+                elif start >= 2:
+                    start -= 2
+                else:
+                    break
+            if (start, end) in taken:          # the same excerpt twice would only test dedup
+                continue
+            taken.add((start, end))
+            out.append(tuple(turns[start:end]))
+            if n is not None and len(out) >= n:
+                return out
+    return out

@@ -14,6 +14,10 @@ Durability: WAL journal with synchronous=FULL, one transaction per batch, so a r
 once add_traces returns, and a kill -9 at any moment leaves either the whole batch or none of it.
 Exact dedup: a hash of the normalized prompt and replies (case folded, whitespace removed) is
 indexed; a hash hit is confirmed by comparing the normalized texts, so collisions never drop data.
+A trace is a duplicate only of a stored one with the same consent level and the same source (node,
+model version, weights): a share-level trace identical to an earlier local one is kept as its own
+share record (folding it into the local one would keep it from ever being exported), and counts
+per model version stay true when a new version says what the old one said.
 """
 
 from __future__ import annotations
@@ -399,7 +403,7 @@ class TraceStore:
         row = self._db.execute("SELECT dict, payload FROM traces WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             return None
-        return decode_payload(self.codec.decompress(row[1], row[0]))[1]
+        return decode_payload(self._decompress(row[1], row[0]))[1]
 
     def add_traces(self, traces: Sequence[Trace]) -> list[bool]:
         """Store already-redacted traces in one transaction. Returns, per trace, True when it was
@@ -411,24 +415,29 @@ class TraceStore:
             encoded = [encode_trace(t) for t in traces]
             normalized = [n for _, n in encoded]
             dedups = [hash31(n) for n in normalized]
-            known: dict[int, list[int]] = {}
+            # Stored rows with the same content hash: (seq, consent, source) each.
+            known: dict[int, list[tuple[int, int, int]]] = {}
             unique = list(set(dedups))
             for i in range(0, len(unique), 900):
                 chunk = unique[i:i + 900]
                 marks = ",".join("?" * len(chunk))
-                for dedup, seq in db.execute(f"SELECT dedup, seq FROM traces WHERE dedup IN ({marks})", chunk):
-                    known.setdefault(dedup, []).append(seq)
+                for dedup, seq, consent, source in db.execute(
+                        f"SELECT dedup, seq, consent, source FROM traces WHERE dedup IN ({marks})", chunk):
+                    known.setdefault(dedup, []).append((seq, consent, source))
             next_seq = (db.execute("SELECT max(seq) FROM traces").fetchone()[0] or 0) + 1
             dict_id = self.codec.latest
             rows, payloads, aliases, kept = [], [], [], []
-            batch_norm: dict[int, list[tuple[bytes, int]]] = {}
+            batch_norm: dict[int, list[tuple[bytes, int, int, int]]] = {}
             for trace, (payload, norm), dedup in zip(traces, encoded, dedups):
+                source = self._source_id(trace.node_id, trace.model)
+                consent = CONSENT_CODES[trace.consent]
                 duplicate_of = None
-                for other_norm, other_seq in batch_norm.get(dedup, ()):
-                    if other_norm == norm:
+                for other_norm, other_consent, other_source, other_seq in batch_norm.get(dedup, ()):
+                    if (other_consent, other_source) == (consent, source) and other_norm == norm:
                         duplicate_of = other_seq
-                for seq in known.get(dedup, ()):
-                    if duplicate_of is None and self._normalized_of(seq) == norm:
+                for seq, other_consent, other_source in known.get(dedup, ()):
+                    if duplicate_of is None and (other_consent, other_source) == (consent, source) \
+                            and self._normalized_of(seq) == norm:
                         duplicate_of = seq
                 if duplicate_of is not None:
                     aliases.append((hash31(trace.id.encode()), trace.id, duplicate_of))
@@ -436,10 +445,9 @@ class TraceStore:
                     continue
                 seq = next_seq
                 next_seq += 1
-                batch_norm.setdefault(dedup, []).append((norm, seq))
+                batch_norm.setdefault(dedup, []).append((norm, consent, source, seq))
                 rows.append((
-                    seq, hash31(trace.id.encode()), int(trace.created_at),
-                    self._source_id(trace.node_id, trace.model), CONSENT_CODES[trace.consent],
+                    seq, hash31(trace.id.encode()), int(trace.created_at), source, consent,
                     len(trace.choices), dedup, _redaction_column(trace.redaction.counts), dict_id,
                 ))
                 payloads.append(payload)
@@ -461,7 +469,10 @@ class TraceStore:
         with it. Later dictionaries are trained by compact(), off the ingest path."""
         if self.codec.latest != NO_DICTIONARY or self._count < self.settings.dictionary_min_records:
             return
-        samples = [self.codec.decompress(payload, dict_id) for dict_id, payload in self._db.execute(
+        self._load_new_dictionaries()              # trained by another connection meanwhile?
+        if self.codec.latest != NO_DICTIONARY:
+            return
+        samples = [self._decompress(payload, dict_id) for dict_id, payload in self._db.execute(
             "SELECT dict, payload FROM traces ORDER BY seq DESC LIMIT 4000")]
         self._add_dictionary(samples)
         # Delete and re-insert rather than update in place: every record is being rewritten, so
@@ -514,12 +525,13 @@ class TraceStore:
         settings = self.settings
         with self._transaction():
             db = self._db
+            self._load_new_dictionaries()          # another process may have compacted meanwhile
             trained_at = db.execute("SELECT max(records) FROM dictionaries").fetchone()[0] or 0
             due = (self._count >= settings.dictionary_min_records if trained_at == 0
                    else self._count >= trained_at * settings.dictionary_retrain_factor)
             if due:
                 step = max(1, self._count // 4000)      # samples spread over the whole store
-                samples = [self.codec.decompress(p, d) for d, p in db.execute(
+                samples = [self._decompress(p, d) for d, p in db.execute(
                     "SELECT dict, payload FROM traces WHERE seq % ? = 0 LIMIT 4000", (step,))]
                 if len(samples) >= 10:
                     self._add_dictionary(samples)
@@ -530,7 +542,7 @@ class TraceStore:
                               (mark, limit)).fetchall()
             compress = self.codec.compressor(latest, settings.compaction_level).compress
             db.executemany("UPDATE traces SET dict = ?, payload = ? WHERE seq = ?",
-                           [(latest, compress(self.codec.decompress(p, d)), seq) for seq, d, p in rows])
+                           [(latest, compress(self._decompress(p, d)), seq) for seq, d, p in rows])
             last = rows[-1][0] if rows else mark
             db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (f"{latest}:{last}",))
             remaining = db.execute("SELECT count(*) FROM traces WHERE seq > ?", (last,)).fetchone()[0]
@@ -545,10 +557,34 @@ class TraceStore:
 
     # ------------------------------------------------------------------ reading traces
 
+    # Another connection (the node's writer, `swarmloop traces compact`) may have trained a
+    # dictionary or added a source since this one was opened: a row that names one we do not know
+    # yet loads it, so a long-lived reader never fails on a newer record.
+
+    def _load_new_dictionaries(self) -> None:
+        with self._lock:
+            for (dict_id,) in self._db.execute("SELECT id FROM dictionaries").fetchall():
+                if not self.codec.has(dict_id):
+                    data = self._db.execute("SELECT data FROM dictionaries WHERE id = ?", (dict_id,)).fetchone()[0]
+                    self.codec.add_dictionary(dict_id, data)
+
+    def _decompress(self, payload: bytes, dict_id: int) -> bytes:
+        if not self.codec.has(dict_id):
+            self._load_new_dictionaries()
+        return self.codec.decompress(payload, dict_id)
+
+    def _source(self, source_id: int) -> dict[str, str]:
+        row = self._source_rows.get(source_id)
+        if row is None:
+            with self._lock:
+                self._refresh_sources()
+            row = self._source_rows[source_id]
+        return row
+
     def _record(self, row: tuple) -> TraceRecord:
         seq, source, consent, redacted, dict_id, payload = row
-        body, _ = decode_payload(self.codec.decompress(payload, dict_id))
-        return TraceRecord(seq=seq, body=body, source=self._source_rows[source],
+        body, _ = decode_payload(self._decompress(payload, dict_id))
+        return TraceRecord(seq=seq, body=body, source=self._source(source),
                            consent=CONSENT_NAMES[consent], redaction=parse_redaction_column(redacted))
 
     _COLUMNS = "seq, source, consent, redacted, dict, payload"
@@ -559,7 +595,7 @@ class TraceStore:
         with self._lock:
             for seq, dict_id, payload in self._db.execute(
                     "SELECT seq, dict, payload FROM traces WHERE key = ?", (key,)):
-                if decode_payload(self.codec.decompress(payload, dict_id))[0]["id"] == trace_id:
+                if decode_payload(self._decompress(payload, dict_id))[0]["id"] == trace_id:
                     return seq
             if self._has("aliases"):
                 for alias_id, seq in self._db.execute("SELECT id, seq FROM aliases WHERE key = ?", (key,)):
@@ -629,13 +665,11 @@ class TraceStore:
             yield record.to_trace()
 
     def _refresh_sources(self) -> None:
-        """Another connection (the node's writer) may have added sources since we opened."""
-        for row in self._db.execute("SELECT id, node_id, model_ref, model_version, weights_sha256 FROM sources"):
+        """Another connection (the node's writer) may have added sources and dictionaries since we opened."""
+        for row in self._db.execute("SELECT id, node_id, model_ref, model_version, weights_sha256 FROM sources").fetchall():
             if row[0] not in self._source_rows:
                 self._remember_source(row)
-        for dict_id, data in self._db.execute("SELECT id, data FROM dictionaries"):
-            if not self.codec.has(dict_id):
-                self.codec.add_dictionary(dict_id, data)
+        self._load_new_dictionaries()
 
     # ------------------------------------------------------------------ feedback and pairs
 
@@ -708,7 +742,7 @@ class TraceStore:
                 return []
             rows = self._db.execute("SELECT dict, payload FROM feedback WHERE trace_seq = ? ORDER BY seq",
                                     (seq,)).fetchall()
-        return [Feedback.model_validate_json(self.codec.decompress(p, d)) for d, p in rows]
+        return [Feedback.model_validate_json(self._decompress(p, d)) for d, p in rows]
 
     def iter_feedback(self) -> Iterator[Feedback]:
         with self._lock:
@@ -716,7 +750,7 @@ class TraceStore:
                 return
             rows = self._db.execute("SELECT dict, payload FROM feedback ORDER BY seq").fetchall()
         for dict_id, payload in rows:
-            yield Feedback.model_validate_json(self.codec.decompress(payload, dict_id))
+            yield Feedback.model_validate_json(self._decompress(payload, dict_id))
 
     def iter_pairs(self, kind: str = "dpo", *, model_version: str | Sequence[str] | None = None,
                    since: float | datetime | None = None, consent: str | None = None,
@@ -747,7 +781,7 @@ class TraceStore:
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
         for dict_id, payload in rows:
-            yield model.model_validate_json(self.codec.decompress(payload, dict_id))
+            yield model.model_validate_json(self._decompress(payload, dict_id))
 
     # ------------------------------------------------------------------ maintenance
 
@@ -809,6 +843,12 @@ class TraceStore:
 
     # ------------------------------------------------------------------ numbers
 
+    def count_by_consent(self) -> dict[str, int]:
+        """Stored traces by consent level."""
+        with self._lock:
+            return {CONSENT_NAMES[c]: n for c, n in
+                    self._db.execute("SELECT consent, count(*) FROM traces GROUP BY consent")}
+
     def stats(self) -> dict[str, Any]:
         """Counts by model version, consent and redaction type; feedback, pairs and bytes."""
         with self._lock:
@@ -817,10 +857,9 @@ class TraceStore:
             by_source = dict(db.execute("SELECT source, count(*) FROM traces GROUP BY source").fetchall())
             by_version: dict[str, int] = {}
             for source_id, count in by_source.items():
-                version = self._source_rows[source_id]["model_version"]
+                version = self._source(source_id)["model_version"]
                 by_version[version] = by_version.get(version, 0) + count
-            by_consent = {CONSENT_NAMES[c]: n for c, n in
-                          db.execute("SELECT consent, count(*) FROM traces GROUP BY consent")}
+            by_consent = self.count_by_consent()
             redaction: dict[str, int] = {}
             redacted_traces = 0
             for value, count in db.execute(

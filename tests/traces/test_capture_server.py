@@ -120,7 +120,7 @@ def test_thumbs_choice_and_correction_become_pairs(node):
                                              "comment": "meh"})
     assert thumbs.status_code == 200 and thumbs.json()["kto_rows"] == 1
 
-    dpo = to_dpo_dataset(node.db)
+    dpo = to_dpo_dataset(node.db, consent="local")          # a consent-local node: on-node use
     mine = [row for row in dpo if row["trace_ids"] == [reply.id]]
     texts = [c.message.content for c in reply.choices]
     by_origin = {row["origin"]: row for row in mine}
@@ -128,7 +128,7 @@ def test_thumbs_choice_and_correction_become_pairs(node):
     assert by_origin["correction"]["rejected"][0]["content"] == texts[0]
     assert all(row["chosen"][0]["content"] == texts[2] for row in mine if row["origin"] == "choice")
     assert by_origin["choice"]["prompt"] == [{"role": "user", "content": "Pick the best of three."}]
-    kto = [row for row in to_kto_dataset(node.db) if row["trace_ids"] == [reply.id]]
+    kto = [row for row in to_kto_dataset(node.db, consent="local") if row["trace_ids"] == [reply.id]]
     assert [(row["completion"][0]["content"], row["label"]) for row in kto] == [(texts[1], False)]
 
 
@@ -138,6 +138,11 @@ def test_consent_off_writes_nothing(nodes):
     assert reply.choices[0].message.content is not None
     response = httpx.post(f"{node.base_url}/v1/feedback", json={"completion_id": reply.id, "thumbs": 1})
     assert response.status_code == 404
+    error = response.json()["error"]                      # the OpenAI error shape, saying why
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == "completion_id" and error["code"] == "not_found" and "consent off" in error["message"]
+    bad = httpx.post(f"{node.base_url}/v1/feedback", json={"completion_id": reply.id, "thumbs": 7})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "thumbs"
     assert node.stop() == 0
     assert not node.db.exists()
     assert not any(p.name.startswith("node.db") for p in node.db.parent.iterdir())

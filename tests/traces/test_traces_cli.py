@@ -78,13 +78,24 @@ def test_stats_export_and_errors(tmp_path, chitchat):
     table = swarmloop("stats", "--store", str(db))
     assert table.returncode == 0 and "traces" in table.stdout and "v0000: 30" in table.stdout
 
-    result = swarmloop("export", "--store", str(db), "--format", "dpo", "--out", str(tmp_path / "dpo"))
+    # Privacy by default: a consent-local store exports nothing unless asked for on-node use.
+    result = swarmloop("export", "--store", str(db), "--format", "sft", "--out", str(tmp_path / "shared"))
+    assert result.returncode == 0 and "wrote 0 sft rows" in result.stdout, result.stderr
+    assert "left out 30 trace(s) kept at consent 'local'" in result.stderr
+    assert json.loads((tmp_path / "shared" / ".swarmloop-export.json").read_text())["consent"] == "share"
+    result = swarmloop("export", "--store", str(db), "--format", "dpo", "--out", str(tmp_path / "dpo"),
+                       "--consent", "local")
     assert result.returncode == 0, result.stderr
     loaded = datasets.load_dataset("parquet", data_dir=str(tmp_path / "dpo"), split="train")
     assert loaded.column_names == ["prompt", "chosen", "rejected", "trace_ids", "origin"] and len(loaded) == 1
     result = swarmloop("export", "--store", str(db), "--format", "sft", "--out", str(tmp_path / "sft"),
-                       "--since", "2000-01-01T00:00", "--limit", "7")
+                       "--since", "2000-01-01T00:00", "--limit", "7", "--consent", "local")
     assert result.returncode == 0 and "wrote 7 sft rows" in result.stdout
+    help_text = " ".join(swarmloop("export", "--help").stdout.replace("│", " ").split())
+    assert "share (default): only records captured with consent 'share'" in help_text
+    assert "for use on this node only" in help_text
+    assert_one_line_error(swarmloop("export", "--store", str(db), "--format", "sft", "--out", str(tmp_path / "z"),
+                                    "--consent", "off"), "--consent")
 
     assert_one_line_error(swarmloop("export", "--store", str(db), "--format", "ppo", "--out", str(tmp_path / "x")), "--format")
     assert_one_line_error(swarmloop("stats", "--store", str(tmp_path / "missing.db")), "no such trace store")

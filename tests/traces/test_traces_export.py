@@ -43,7 +43,7 @@ def store_path(tmp_path_factory, chitchat) -> Path:
 
 
 def test_sft_rows_follow_the_feedback(store_path):
-    ds = to_sft_dataset(store_path)
+    ds = to_sft_dataset(store_path, consent="local")
     assert ds.column_names == ["messages", "trace_ids"]
     by_id = {row["trace_ids"][0]: row for row in ds}
     with TraceStore(store_path, readonly=True) as store:
@@ -58,32 +58,48 @@ def test_sft_rows_follow_the_feedback(store_path):
 
 
 def test_dpo_and_kto_formats(store_path):
-    dpo = to_dpo_dataset(store_path)
+    dpo = to_dpo_dataset(store_path, consent="local")
     assert dpo.column_names == ["prompt", "chosen", "rejected", "trace_ids", "origin"]
     assert sorted(dpo["origin"]) == ["choice", "correction"]
     row = dpo[dpo["origin"].index("correction")]
     assert row["chosen"] == [{"role": "assistant", "content": "a better reply"}]
     assert row["rejected"] == [{"role": "assistant", "content": "first 1"}]
     assert row["prompt"][-1]["role"] in ("user", "assistant") and len(row["trace_ids"]) == 1
-    kto = to_kto_dataset(store_path)
+    kto = to_kto_dataset(store_path, consent="local")
     assert kto.column_names == ["prompt", "completion", "label", "trace_ids", "origin"]
     assert sorted(kto["label"]) == [False, True, True]
-    assert to_kto_dataset(store_path, model_version="v0001")["label"] == [True]
+    assert to_kto_dataset(store_path, model_version="v0001", consent="local")["label"] == [True]
+
+
+def test_only_share_level_records_are_exported_by_default(store_path):
+    with TraceStore(store_path, readonly=True) as store:
+        level = {record.id: record.consent for record in store.iter_records()}
+    shared = to_sft_dataset(store_path)
+    assert len(shared) == 20 and {level[row["trace_ids"][0]] for row in shared} == {"share"}
+    assert len(to_sft_dataset(store_path, consent="share")) == 20
+    assert len(to_dpo_dataset(store_path)) == 1                        # trace 0 is share-level, trace 1 not
+    assert len(to_kto_dataset(store_path)) == 1                        # trace 3 is share-level, 2 and 31 not
+    assert len(to_sft_dataset(store_path, consent="local")) == 59      # on the node: local-only records too
+    with pytest.raises(ValueError, match="consent must be"):
+        to_sft_dataset(store_path, consent=None)
+    with pytest.raises(ValueError, match="consent must be"):
+        to_dpo_dataset(store_path, consent="off")
 
 
 def test_filters(store_path):
-    assert len(to_sft_dataset(store_path, model_version="v0001")) == 30
-    assert len(to_sft_dataset(store_path, model_version=["v0000", "v0001"])) == 59
-    assert len(to_sft_dataset(store_path, since=2050.0)) == 10
-    assert len(to_sft_dataset(store_path, consent="share")) == 20
-    assert len(to_sft_dataset(store_path, limit=5)) == 5
-    assert len(to_dpo_dataset(store_path, consent="share")) == 1      # trace 0 is share-level
-    assert len(to_dpo_dataset(store_path, origin="correction")) == 1
-    assert len(to_sft_dataset(store_path, model_version="v9999")) == 0
+    local = {"consent": "local"}
+    assert len(to_sft_dataset(store_path, model_version="v0001", **local)) == 30
+    assert len(to_sft_dataset(store_path, model_version=["v0000", "v0001"], **local)) == 59
+    assert len(to_sft_dataset(store_path, since=2050.0, **local)) == 10
+    assert len(to_sft_dataset(store_path, since=2050.0)) == 3           # 51, 54, 57 are share-level
+    assert len(to_sft_dataset(store_path, limit=5, **local)) == 5
+    assert len(to_dpo_dataset(store_path, origin="correction", **local)) == 1
+    assert len(to_dpo_dataset(store_path, origin="correction")) == 0
+    assert len(to_sft_dataset(store_path, model_version="v9999", **local)) == 0
 
 
 def test_parquet_shards_round_trip_through_load_dataset(store_path, tmp_path):
-    ds = to_sft_dataset(store_path)
+    ds = to_sft_dataset(store_path, consent="local")
     paths = write_parquet_shards(ds, tmp_path / "out", shard_rows=25)
     assert [p.name for p in paths] == [f"train-0000{i}-of-00003.parquet" for i in range(3)]
     import pyarrow.parquet as pq
@@ -105,7 +121,7 @@ def test_traces_imports_no_torch():
         "from traces.export import to_sft_dataset\n"
         "p = pathlib.Path(tempfile.mkdtemp()) / 's.db'\n"
         "s = TraceStore(p); s.add_traces(list(chitchat_traces(5))); s.close()\n"
-        "assert len(to_sft_dataset(p)) == 5\n"
+        "assert len(to_sft_dataset(p, consent='local')) == 5 and len(to_sft_dataset(p)) == 0\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "ours = sorted(m for m in sys.modules if m.split('.')[0] in ('inference', 'training', 'federation', 'swarmloop'))\n"
         "print(bad, ours)\n"

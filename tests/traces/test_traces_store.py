@@ -67,6 +67,29 @@ def test_exact_dedup_on_normalized_prompt_and_reply(db, chitchat, privacy):
         assert store.stats()["duplicates_seen"] == 2
 
 
+def test_dedup_keeps_consent_levels_and_model_versions_apart(db, chitchat, privacy):
+    local = redact_traces(privacy, chitchat[:1])[0]
+    share = local.model_copy(update={"id": "chatcmpl-share", "consent": "share"})
+    v1 = local.model_copy(update={"id": "chatcmpl-v1", "model": local.model.model_copy(update={"version": "v0001"})})
+    with TraceStore(db) as store:
+        assert store.add_traces([local]) == [True]
+        # the same conversation at another consent level, or from another model version: kept
+        assert store.add_traces([share, v1]) == [True, True]
+        again = [share.model_copy(update={"id": "chatcmpl-share-2"}), v1.model_copy(update={"id": "chatcmpl-v1-2"}),
+                 local.model_copy(update={"id": "chatcmpl-local-2"})]
+        assert store.add_traces(again) == [False, False, False]          # each folds into its own kind
+        assert len(store) == 3
+        assert [r.id for r in store.iter_records(consent="share")] == [share.id]
+        assert store.find_seq("chatcmpl-share-2") == store.find_seq(share.id)
+        assert store.find_seq("chatcmpl-local-2") == store.find_seq(local.id)
+        assert store.stats()["by_model_version"] == {"v0000": 2, "v0001": 1}
+        # within one batch too
+        batch = [local.model_copy(update={"id": f"b-{i}", "consent": c, "messages": [
+            local.messages[0].model_copy(update={"content": "a brand new question"})]}) for i, c in
+            enumerate(["local", "share", "share", "local"])]
+        assert store.add_traces(batch) == [True, True, False, False]
+
+
 def test_dictionary_is_trained_from_the_nodes_records_and_old_ones_stay_readable(db, chitchat, privacy):
     traces = redact_traces(privacy, chitchat[:1100])
     with TraceStore(db, settings=SMALL) as store:
@@ -76,14 +99,51 @@ def test_dictionary_is_trained_from_the_nodes_records_and_old_ones_stay_readable
         assert [d["id"] for d in store.stats()["dictionaries"]] == [1]
         assert {row[0] for row in store._db.execute("SELECT DISTINCT dict FROM traces")} == {1}
         store.add_traces(traces[250:1100])
-        result = store.compact()                                           # grew 4x: dictionary 2
-        assert result["dictionary"] == 2 and result["remaining"] == 0
-        store.add_traces(redact_traces(privacy, chitchat[1100:1150]))
+        # Grew 4x: dictionary 2 is trained, and one bounded step (the writer's idle compaction)
+        # moves only the oldest 400 records to it; the others stay on dictionary 1.
+        kept = len(store)                                                  # exact duplicates fold
+        result = store.compact(max_records=400)
+        assert result["dictionary"] == 2 and result["recompressed"] == 400 and result["remaining"] == kept - 400
+        added = sum(store.add_traces(redact_traces(privacy, chitchat[1100:1150])))   # new ones: dictionary 2
     with TraceStore(db, readonly=True) as reader:
         assert [d["id"] for d in reader.stats()["dictionaries"]] == [1, 2]
-        for trace in traces[:: 37]:
-            assert reader.get_trace(trace.id) == trace
+        by_dict = dict(reader._db.execute("SELECT dict, count(*) FROM traces GROUP BY dict").fetchall())
+        assert by_dict == {1: kept - 400, 2: 400 + added}                  # both versions live side by side
+        assert reader._db.execute("SELECT min(seq) FROM traces WHERE dict = 1").fetchone()[0] == 401
+        records = list(reader.iter_records())                              # every row decodes
+        assert len(records) == len(reader) == kept + added
+        stored = {record.id: record.to_trace() for record in records}
+        for trace in traces:
+            if trace.id in stored:
+                assert stored[trace.id] == trace
+            assert reader.get_trace(trace.id) is not None                  # duplicates resolve too
+        assert traces[0].id in stored and traces[-1].id in stored
         assert reader.integrity_check() == "ok"
+
+
+def test_a_long_lived_reader_reads_records_of_a_dictionary_trained_after_it_opened(db, chitchat, privacy):
+    traces = redact_traces(privacy, chitchat[:1050])
+    newer_model = traces[0].model.model_copy(update={"version": "v0007"})
+    late = [t.model_copy(update={"model": newer_model}) for t in redact_traces(privacy, chitchat[1050:1070])]
+    with TraceStore(db, settings=SMALL) as writer:
+        writer.add_traces(traces[:150])                                    # no dictionary yet
+        reader = TraceStore(db, readonly=True)                             # e.g. a dashboard, kept open
+        try:
+            assert reader.get_trace(traces[0].id) == traces[0]
+            writer.add_traces(traces[150:250])                             # trains dictionary 1, recompresses all
+            writer.add_traces(traces[250:1050])
+            assert writer.compact()["dictionary"] == 2                     # grew 4x: a second one, for everything
+            writer.add_traces(late)                                        # a model version the reader never saw
+            assert not reader.codec.has(1) and not reader.codec.has(2)
+            for trace in (traces[0], traces[500], late[3]):
+                seq = reader.find_seq(trace.id)
+                assert seq is not None and reader.record_by_seq(seq).to_trace() == trace
+                assert reader.get_trace(trace.id) == trace
+            assert reader.get_trace(late[5].id).model.version == "v0007"
+            writer.record_feedback(Feedback(id="f-late", trace_id=late[5].id, thumbs=1))
+            assert [f.id for f in reader.feedback_for(late[5].id)] == ["f-late"]
+        finally:
+            reader.close()
 
 
 def test_compaction_shrinks_the_file(db, chitchat, privacy):

@@ -43,6 +43,26 @@ def iban_ok(compact: str, strict_length: bool = True) -> bool:
     return number % 97 == 1
 
 
+def iban_checks(compact: str) -> dict[int, bool]:
+    """{length: does compact[:length] pass iban_ok(..., strict_length=False)} for 15..34, in one pass
+    (the remainder mod 97 of each prefix is carried over, instead of one big integer per length)."""
+    if compact[:2] not in IBAN_LENGTHS or not compact[2:4].isdigit():
+        return {}
+    head = "".join(str(int(c, 36)) for c in compact[:4])     # moved to the end by the check
+    head_value, head_scale = int(head) % 97, 10 ** len(head) % 97
+    results: dict[int, bool] = {}
+    remainder = 0
+    for length, char in enumerate(compact[4:34], start=5):
+        try:
+            value = int(char, 36)
+        except ValueError:
+            break
+        remainder = (remainder * (100 if value > 9 else 10) + value) % 97
+        if length >= 15:
+            results[length] = (remainder * head_scale + head_value) % 97 == 1
+    return results
+
+
 def card_prefix_ok(digits: str) -> bool:
     """Issuer ranges of the major networks (Visa, Mastercard, Amex, Discover, JCB, Diners, Maestro, UnionPay)."""
     n = len(digits)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
-import itertools
 import math
 import re
+import unicodedata
 from collections import Counter
 from functools import lru_cache
 
 import phonenumbers
 
 from traces.redaction import checksums as ck
+from traces.redaction import phones
 
 Span = tuple[int, int, str]
 
@@ -31,13 +32,24 @@ _URL_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW
 _URL_USERINFO = re.compile(r"[^\s/?#@\x00\"'<>]+@[^\s/?#@\x00\"'<>]+[^\s\x00\"'<>]*")
 
 
+def _non_ascii_local(char: str) -> bool:
+    """Internationalized addresses (RFC 6531) may use any non-ASCII letter, digit or combining
+    mark in the local part: "jörg", "josé", "用户" are whole local parts. (Text in a script
+    written without spaces may run into the address: it is redacted with it, never left out.)"""
+    return char.isalnum() or unicodedata.category(char)[0] == "M"
+
+
 def find_emails(text: str, out: list[Span]) -> None:
     at = text.find("@")
     while at != -1:
         start = at
         floor = max(0, at - 64)
-        while start > floor and text[start - 1] in _EMAIL_LOCAL:
-            start -= 1
+        while start > floor:
+            char = text[start - 1]
+            if char in _EMAIL_LOCAL or (char > "\x7f" and _non_ascii_local(char)):
+                start -= 1
+            else:
+                break
         while start < at and text[start] == ".":
             start += 1
         domain = _DOMAIN.match(text, at + 1)
@@ -73,9 +85,10 @@ def find_url_credentials(text: str, out: list[Span]) -> None:
 
 # ----------------------------------------------------------------- keys and tokens of known formats
 
-_PEM = re.compile(
-    r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----[^\x00]{0,20000}?(?:-----END \1PRIVATE KEY-----|(?=\x00)|\Z)"
-)
+# A PEM private key: its BEGIN line, then the body up to the matching END line, or, when there
+# is none, to the end of the text (a truncated key is still a key), at most _PEM_BODY characters.
+_PEM_BEGIN = re.compile(r"-----BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY-----")
+_PEM_BODY = 20000
 # prefix found with str.find -> the full pattern matched at that spot
 _KEY_FORMATS: list[tuple[str, re.Pattern[str]]] = [
     (prefix, re.compile(pattern))
@@ -109,10 +122,24 @@ _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 def find_private_keys(text: str, out: list[Span]) -> None:
     begin = text.find("-----BEGIN ")
     while begin != -1:
-        match = _PEM.match(text, begin)
-        end = match.end() if match else begin + 11
+        match = _PEM_BEGIN.match(text, begin)
+        end = begin + 11
         if match:
-            out.append((begin, end, "PRIVATE_KEY"))
+            body = match.end()
+            stop = text.find("\x00", body)            # the end of this text
+            stop = len(text) if stop < 0 else stop
+            marker = f"-----END {match.group(1)}PRIVATE KEY-----"
+            closing = text.find(marker, body, min(stop, body + _PEM_BODY + len(marker)))
+            if closing != -1 and closing <= body + _PEM_BODY:
+                end = closing + len(marker)
+            elif stop - body <= _PEM_BODY:
+                end = stop
+            else:
+                end = -1                               # too long to be one key
+            if end != -1:
+                out.append((begin, end, "PRIVATE_KEY"))
+            else:
+                end = begin + 11
         begin = text.find("-----BEGIN ", end)
 
 
@@ -192,7 +219,7 @@ def find_secrets(text: str, out: list[Span], min_length: int, ratio: float,
 
 # ----------------------------------------------------------------- IP addresses
 
-_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\w]|\.\d)")
+_IPV4 = re.compile(r"\d(?<![0-9A-Za-z_.]\d)\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9A-Za-z_]|\.\d)")
 _IPV6_SEED = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f:]|::")
 _IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
 
@@ -231,8 +258,10 @@ def find_ipv6(text: str, out: list[Span]) -> None:
 
 # A run of digits with the separators people write numbers with; validated below.
 # It starts with a character class, so the regex engine skips quickly to candidate positions.
+# Word boundaries here (and for IPv4 addresses and digit-led IDs) are ASCII word characters only:
+# in scripts written without spaces (Japanese, Chinese, Thai) a number touches the words around it.
 _NUMBER = re.compile(
-    r"[+(\d][\d \-./()\u00a0+]{5,28}\d(?:\ ?(?:x|ext\.?|\#)\ ?\d{1,6})?(?![\w]|-\d|\.\d)"
+    r"[+(\d][\d \-./()\u00a0+]{5,28}\d(?:\ ?(?:x|ext\.?|\#)\ ?\d{1,6})?(?![0-9A-Za-z_]|-\d|\.\d)"
 )
 _NUMBER_BAD_BEFORE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.+-/")
 _DOTTED_QUAD = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
@@ -283,45 +312,93 @@ def _national_id(candidate: str, digits: str, seps: set[str], context: str) -> b
 _NANP_SHAPE = re.compile(r"(?:\([2-9]\d\d\) ?|[2-9]\d\d[-. ])[2-9]\d\d[-. ]\d{4}(?:\ ?(?:x|ext\.?|\#)\ ?\d{1,6})?")
 # Regions whose national numbers never begin with 0 (no trunk prefix "0", no leading 0 digits).
 _NO_LEADING_ZERO = frozenset({"US", "CA", "ES", "PL"})
+_EXTENSION = re.compile(r"\ ?(?:x|ext\.?|#)\ ?\d")
+_NUMBER_SEPARATORS = " -./()\u00a0+"
+_DROP_SEPARATORS = str.maketrans("", "", _NUMBER_SEPARATORS)
+_DROP_ASCII_DIGITS = str.maketrans("", "", "0123456789")
+
+# libphonenumber compiles its metadata patterns on every call unless told to keep them.
+phonenumbers.enable_pattern_cache()
+
+
+def prepare_regions(regions: tuple[str, ...]) -> None:
+    """Digest the regions' metadata now (the filter does it at start), not in the first scan."""
+    for region in (*regions, "US"):
+        phones.region_plan(region)
+
+
+def _plain_digits(text: str) -> str | None:
+    """The digits of a candidate libphonenumber would read as digits only (no "+", extension,
+    letters or non-ASCII digits), else None."""
+    digits = text.translate(_DROP_SEPARATORS)
+    if "+" in text or not (digits.isascii() and digits.isdigit()) or _EXTENSION.search(text):
+        return None
+    return digits
 
 
 @lru_cache(maxsize=4096)
 def _is_phone(candidate: str, regions: tuple[str, ...]) -> bool:
+    """Does libphonenumber take it for a phone number: possible with its "+" country code, valid
+    for one of `regions` without, or a possible 10-digit North American number written with
+    separators? Plain candidates are answered from its metadata (traces.redaction.phones, the
+    same verdicts without a parse() per region); the others by phonenumbers.parse."""
     text = candidate
     if text.startswith("00"):
         text = "+" + text[2:]
     try:
         if text.lstrip("(").startswith("+"):
-            number = phonenumbers.parse(text, None)
-            return phonenumbers.is_possible_number(number)
+            rest = text.lstrip("(")[1:]
+            digits = _plain_digits(rest)
+            verdict = phones.is_possible_international(digits) if digits is not None else None
+            if verdict is None:
+                verdict = phonenumbers.is_possible_number(phonenumbers.parse(text, None))
+            return verdict
         if _NANP_SHAPE.fullmatch(text) and ("US" in regions or "CA" in regions):
             return True                       # (415) 555-0123, 415-555-0123, 415.555.0123 [x12]
+        digits = _plain_digits(text)
         leading_zero = text.lstrip("( ").startswith("0")
         for region in regions:
             if leading_zero and region in _NO_LEADING_ZERO:
                 continue                      # a trunk "0" never starts a number there
-            number = phonenumbers.parse(text, region)
-            if phonenumbers.is_valid_number_for_region(number, region):
+            national = phones.regional_national_number(digits, region) if digits is not None else None
+            if national is phones.RAISES:
+                return False                  # parse() would raise: no number at all
+            if national is None:
+                valid = phonenumbers.is_valid_number_for_region(phonenumbers.parse(text, region), region)
+            else:
+                valid = phones.valid_national_number(national, phones.region_plan(region))
+            if valid:
                 return True
         # Written like a phone number (grouped, 10 digits: the North American plan's shape)?
+        if not any(sep in candidate for sep in "-.() "):
+            return False
+        national = phones.regional_national_number(digits, "US") if digits is not None else None
+        if national is phones.RAISES:
+            return False
+        if national is not None:
+            possible = phones.is_possible(national, 1)
+            if possible is not None:
+                return possible and len(national.lstrip("0") or "0") == 10
         number = phonenumbers.parse(text, "US")
-        return phonenumbers.is_possible_number(number) and len(number.national_number.__str__()) == 10 \
-            and any(sep in candidate for sep in "-.() ")
+        return phonenumbers.is_possible_number(number) and len(number.national_number.__str__()) == 10
     except phonenumbers.NumberParseException:
         return False
 
 
 def classify_number(text: str, start: int, end: int, regions: tuple[str, ...]) -> str | None:
     candidate = text[start:end]
-    core = re.split(r"\ ?(?:x|ext\.?|#)\ ?\d", candidate, maxsplit=1)[0]
-    digits = "".join(c for c in core if c.isdigit())
+    core = _EXTENSION.split(candidate, maxsplit=1)[0]
+    digits = core.translate(_DROP_SEPARATORS)
     n = len(digits)
-    if n < 7 or n > 19 or _DATE.fullmatch(core) or _DOTTED_QUAD.fullmatch(core):
+    if n < 7 or n > 19 or not digits.isdigit():
         return None
-    ssn = _SSN.fullmatch(core)
+    # (Dates have at most 8 digits, dotted quads 12, SSNs 9: most candidates skip these tests.)
+    if n <= 8 and _DATE.fullmatch(core) or n <= 12 and _DOTTED_QUAD.fullmatch(core):
+        return None
+    ssn = _SSN.fullmatch(core) if n == 9 else None
     if ssn:
         return "US_SSN" if ck.us_ssn_ok(ssn.group(1), ssn.group(3), ssn.group(4)) else None
-    seps = {c for c in core if not c.isdigit()}
+    seps = set(core.translate(_DROP_ASCII_DIGITS))
     context = _context(text, start)
     if n == 12 and _GROUPED_12.fullmatch(core) and ck.in_aadhaar_ok(digits):
         return "NATIONAL_ID"                                    # Aadhaar, written 4-4-4
@@ -351,16 +428,25 @@ def find_numbers(text: str, out: list[Span], regions: tuple[str, ...]) -> None:
             _find_in_groups(text, start, end, out, regions)
 
 
+_GROUP = re.compile(r"[^ ]+")
+
+
 def _find_in_groups(text: str, start: int, end: int, out: list[Span], regions: tuple[str, ...]) -> None:
     """Numbers written side by side ("4111 1111 1111 1111 123-45-6789"): the longest valid runs of
     whole space-separated groups, left to right."""
-    groups = [(m.start() + start, m.end() + start) for m in re.finditer(r"[^ ]+", text[start:end])]
-    if sum(sum(c.isdigit() for c in text[a:b]) >= 3 for a, b in groups) < 2:
+    groups = [m.span() for m in _GROUP.finditer(text, start, end)]
+    counts = [sum(map(str.isdigit, text[a:b])) for a, b in groups]     # digits per group
+    if sum(c >= 3 for c in counts) < 2:
         return
+    before = [0]                                  # digits in groups[:i]
+    for count in counts:
+        before.append(before[-1] + count)
     i = 0
     while i < len(groups):
         for j in range(len(groups), i, -1):
-            if (i, j) == (0, len(groups)):
+            # classify_number wants 7 to 19 digits (plus at most 6 of an extension): skip the
+            # other runs without slicing them.
+            if (i, j) == (0, len(groups)) or not 7 <= before[j] - before[i] <= 25:
                 continue
             a, b = groups[i][0], groups[j - 1][1]
             if text[a].isdigit() or text[a] in "+(":
@@ -375,17 +461,18 @@ def _find_in_groups(text: str, start: int, end: int, out: list[Span], regions: t
 
 # ----------------------------------------------------------------- IBAN and letter-led national IDs
 
-# One leading capital (a character class the regex engine skips to), then the alternatives.
+# One leading capital (a character class the regex engine skips to) that starts a word, then
+# the alternatives.
 _LETTER_IDS = re.compile(
-    r"[A-Z](?:(?P<iban>[A-Z]\d{2}(?:\ ?[A-Z0-9]){11,32})"
+    r"(?<![A-Za-z0-9])[A-Z](?:(?P<iban>[A-Z]\d{2}(?:\ ?[A-Z0-9]){11,32})"
     r"|(?P<nino>[A-CEGHJ-NPR-TW-Z]\ ?\d{2}\ ?\d{2}\ ?\d{2}\ ?[A-D])"
     r"|(?P<cf>[A-Z]{5}\d{2}[A-EHLMPR-T]\d{2}[A-Z]\d{3}[A-Z])"
     r"|(?P<nie>\d{7}-?[A-Z]))"
 )
 _NINO_FIRST = frozenset("ABCEGHJKLMNOPRSTWXYZ")
-# Each starts with a character class (no alternation up front), which the regex engine skips to.
-_DNI = re.compile(r"\d{8}-?[A-Z](?![\w])")
-_NIR_CORSICA = re.compile(r"[12378]\d{4}2[AB]\d{8}(?![\w])")
+# Spanish DNI (8 digits and a letter) or Corsican French NIR (2A / 2B in it), in one scan that
+# starts with a character class (no alternation up front), which the regex engine skips to.
+_DIGIT_IDS = re.compile(r"\d(?:\d{7}-?[A-Z]|\d{4}2[AB]\d{8})(?![0-9A-Za-z_])")
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
@@ -395,12 +482,13 @@ def _trim_iban(text: str) -> str | None:
     The registered length for the country is tried first; then any length whose mod-97 check
     passes, because some issuers and generators write shorter national account numbers."""
     compact = text.replace(" ", "")
-    if compact[:2] not in ck.IBAN_LENGTHS:
+    registered = ck.IBAN_LENGTHS.get(compact[:2])
+    if registered is None:
         return None
-    registered = ck.IBAN_LENGTHS[compact[:2]]
+    checks = ck.iban_checks(compact)           # every prefix length's mod-97 check in one pass
     lengths = [registered] + [n for n in range(min(34, len(compact)), 14, -1) if n != registered]
     for length in lengths:
-        if length <= len(compact) and ck.iban_ok(compact[:length], strict_length=length == registered):
+        if checks.get(length):
             seen, i = 0, 0                     # back to the length with spaces
             while seen < length:
                 if text[i] != " ":
@@ -429,7 +517,7 @@ def find_letter_ids(text: str, out: list[Span]) -> None:
             continue
         if kind == "nino" or (kind == "cf" and ck.it_fiscal_code_ok(value)) or (kind == "nie" and ck.es_dni_ok(value)):
             out.append((start, end, "NATIONAL_ID"))
-    for match in itertools.chain(_DNI.finditer(text), _NIR_CORSICA.finditer(text)):
+    for match in _DIGIT_IDS.finditer(text):
         start = match.start()
         value = match.group().replace("-", "")
         if (start == 0 or not text[start - 1].isalnum()) and (ck.es_dni_ok(value) if len(value) == 9 else ck.fr_nir_ok(value)):

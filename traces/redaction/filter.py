@@ -20,7 +20,7 @@ from typing import NamedTuple, Sequence
 from traces.config import PrivacySettings
 from traces.redaction import detectors as d
 from traces.redaction.names import find_names, load_names_pipeline
-from traces.redaction.windows import interesting_windows
+from traces.redaction.windows import fold_to_ascii, interesting_windows, prepare_unicode
 
 # When two findings overlap, the more specific one wins (a URL's password@host is not an e-mail).
 PRIORITY = {
@@ -52,6 +52,29 @@ class RedactedConversation:
 
 
 def _resolve_overlaps(found: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Keep the most specific of overlapping findings (by PRIORITY, then the longest), sorted by
+    start. Only groups of findings that overlap need the greedy pass; most findings stand alone."""
+    found.sort()
+    kept: list[tuple[int, int, str]] = []
+    group: list[tuple[int, int, str]] = []
+    reach = -1
+    for span in found:
+        if span[0] >= reach:                  # overlaps nothing before it: a new group starts
+            if len(group) == 1:
+                kept.append(group[0])
+            elif group:
+                kept.extend(_resolve_group(group))
+            group = []
+        group.append(span)
+        reach = max(reach, span[1])
+    if len(group) == 1:
+        kept.append(group[0])
+    elif group:
+        kept.extend(_resolve_group(group))
+    return kept
+
+
+def _resolve_group(found: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     found.sort(key=lambda s: (PRIORITY[s[2]], s[0] - s[1], s[0]))
     starts: list[int] = []
     kept: list[tuple[int, int, str]] = []
@@ -67,12 +90,33 @@ def _resolve_overlaps(found: list[tuple[int, int, str]]) -> list[tuple[int, int,
     return kept
 
 
+def _subtract(windows: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`windows` (sorted, disjoint) minus `spans` (sorted by start, may overlap)."""
+    if not spans:
+        return windows
+    out: list[tuple[int, int]] = []
+    i = 0
+    for start, end in windows:
+        while i < len(spans) and spans[i][1] <= start:
+            i += 1
+        j = i
+        while j < len(spans) and spans[j][0] < end:
+            cut_start, cut_end = spans[j]
+            if cut_start > start:
+                out.append((start, cut_start))
+            start = max(start, cut_end)
+            j += 1
+        if start < end:
+            out.append((start, end))
+    return out
+
+
 def _canonical(kind: str, value: str) -> str:
     """Two spellings of one value get one placeholder (case of e-mails, separators in numbers)."""
     if kind in ("EMAIL", "URL_CREDENTIALS"):
         return value.lower()
     if kind in ("PHONE", "CREDIT_CARD", "IBAN", "US_SSN", "NATIONAL_ID"):
-        return "".join(c for c in value.upper() if c.isalnum())
+        return "".join(c for c in fold_to_ascii(value).upper() if c.isalnum())
     return value
 
 
@@ -97,6 +141,8 @@ class PrivacyFilter:
             self._near_digits.append(d.find_letter_ids)
         if types & {"PHONE", "CREDIT_CARD", "US_SSN", "NATIONAL_ID"}:
             self._near_digits.append(lambda text, out: d.find_numbers(text, out, regions))
+            d.prepare_regions(regions)        # compile their metadata now, not in the first scan
+        prepare_unicode()                     # the non-ASCII digit tables (about 20 ms, once per process)
         self._keys = "API_KEY" in types
         self._secrets = "SECRET" in types
         if "PERSON" in types:
@@ -119,11 +165,20 @@ class PrivacyFilter:
         for detect in self._whole:
             detect(joined, found)
         digit_windows, token_windows = interesting_windows(joined, min(20, self.settings.secret_min_length))
+        # Text that a whole-text finding already claims outranks what a window detector could
+        # find in it (the overlap resolution would drop that), so the windows skip it: PEM bodies,
+        # URLs with a password and e-mails for the number detectors; PEM bodies and URLs only for
+        # keys and secrets (an API key outranks an e-mail).
+        if found:
+            claimed = sorted((s, e) for s, e, _ in found)
+            digit_windows = _subtract(digit_windows, claimed)
+            token_windows = _subtract(token_windows, [(s, e) for s, e, kind in sorted(found)
+                                                      if PRIORITY[kind] < PRIORITY["API_KEY"]])
         if self._near_digits:
             found.extend(self._scan_windows(joined, digit_windows, self._near_digits))
         if self._keys or self._secrets:
             found.extend(self._scan_windows(joined, token_windows, [d.find_api_keys] if self._keys else [],
-                                            secrets_after=found if self._secrets else None))
+                                            secrets=self._secrets))
         if self._nlp is not None:
             offset = 0
             for text, names in zip(texts, find_names(self._nlp, list(texts))):
@@ -147,32 +202,26 @@ class PrivacyFilter:
         return result
 
     def _scan_windows(self, joined: str, windows: list[tuple[int, int]], detectors: list,
-                      secrets_after: list[tuple[int, int, str]] | None = None) -> list[tuple[int, int, str]]:
+                      secrets: bool = False) -> list[tuple[int, int, str]]:
         """Run `detectors` over the windows of `joined` (joined into one string), then, with
-        `secrets_after`, the entropy test on tokens that no finding so far covers."""
+        `secrets`, the entropy test on long tokens that none of their findings covers. (A token
+        inside an earlier finding of another pass may come out as a SECRET too: the overlap
+        resolution drops it, as SECRET ranks below every other type.)"""
         if not windows:
             return []
-        sub = SEPARATOR.join(joined[start:end] for start, end in windows)
+        pieces = [joined[start:end] for start, end in windows]
+        if not joined.isascii():      # "４１１１ ..." is read as "4111 ...", at the same offsets
+            pieces = [fold_to_ascii(piece) for piece in pieces]
+        sub = SEPARATOR.join(pieces)
         sub_starts, cursor = [], 0
-        for start, end in windows:
+        for piece in pieces:
             sub_starts.append(cursor)
-            cursor += end - start + 1
+            cursor += len(piece) + 1
         found: list[tuple[int, int, str]] = []
         for detect in detectors:
             detect(sub, found)
-        if secrets_after is not None:
-            # Tokens inside keys already found need no entropy test (PEM bodies are many tokens).
-            window_starts = [start for start, _ in windows]
-            covered = [(s, e) for s, e, _ in found]
-            for start, end, _ in secrets_after:
-                i = max(0, bisect.bisect_right(window_starts, start) - 1)
-                while i < len(windows) and windows[i][0] < end:      # every window the span overlaps
-                    low, high = max(start, windows[i][0]), min(end, windows[i][1])
-                    if low < high:
-                        shift = sub_starts[i] - windows[i][0]
-                        covered.append((low + shift, high + shift))
-                    i += 1
-            covered.sort()
+        if secrets:
+            covered = sorted((s, e) for s, e, _ in found)     # keys need no entropy test
             d.find_secrets(sub, found, self.settings.secret_min_length, self.settings.secret_entropy_ratio, covered)
         mapped = []
         for start, end, kind in found:

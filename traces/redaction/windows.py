@@ -5,9 +5,19 @@ passes cost a few. Every number-shaped identifier (phone, card, SSN, IBAN, natio
 has a cluster of digits, and every key or secret is a long run of token characters, so the regex
 detectors only need to see the neighbourhood of digit clusters (numbers, IBANs, IDs, IPs) or of
 long tokens (keys, secrets). Conversation text has few of either: the regexes read about 1 % of it.
+
+Non-ASCII digits: every Unicode decimal digit (full-width "４１１１", Arabic-Indic, Devanagari...)
+counts as a digit here, and full-width Latin letters and "+/_-" as token characters, so numbers
+written with them get a window too; `fold_to_ascii` then turns each such character into its ASCII
+twin (one character for one, so offsets carry over) before the detectors read a window. Other
+non-ASCII characters separate tokens. Whole-text detectors (e-mails, URLs, PEM keys) are not
+folded: a full-width "＠" does not make an e-mail address.
 """
 
 from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
 
 import numpy as np
 
@@ -25,6 +35,50 @@ _CLASSES = bytes(
     _TOKEN if (65 <= i <= 90 or 97 <= i <= 122 or i in b"+/_-") else _OTHER
     for i in range(256)
 )
+
+
+_TABLE_SIZE = 0x20000        # every Unicode decimal digit lies in planes 0 and 1
+_FULLWIDTH = range(0xFF01, 0xFF5F)     # full-width forms of ASCII "!" .. "~"
+
+
+@lru_cache(maxsize=1)
+def _unicode_tables() -> tuple[np.ndarray, dict[int, str]]:
+    """Built on the first non-ASCII text (about 20 ms): the class of every code point below
+    _TABLE_SIZE (the last entry stands for every code point above), and the ASCII folding."""
+    table = np.zeros(_TABLE_SIZE, dtype=np.uint8)
+    table[:256] = np.frombuffer(_CLASSES, dtype=np.uint8)
+    fold: dict[int, str] = {}
+    for code in range(128, _TABLE_SIZE):
+        char = chr(code)
+        if char.isdecimal():
+            table[code] = _DIGIT
+            fold[code] = str(unicodedata.decimal(char))
+    for code in _FULLWIDTH:
+        twin = code - 0xFEE0
+        table[code] = _CLASSES[twin]
+        fold[code] = chr(twin)
+    fold[0x3000] = " "                   # the ideographic (full-width) space
+    table[_TABLE_SIZE - 1] = _OTHER
+    return table, fold
+
+
+def prepare_unicode() -> None:
+    """Build the tables now (the filter does it once at start) rather than on the first non-ASCII text."""
+    _unicode_tables()
+
+
+def fold_to_ascii(text: str) -> str:
+    """Non-ASCII decimal digits and full-width ASCII forms as ASCII; the same length."""
+    return text if text.isascii() else text.translate(_unicode_tables()[1])
+
+
+def _class_bytes(text: str) -> bytes:
+    """One class byte per character of `text`."""
+    if text.isascii():
+        return text.encode("ascii").translate(_CLASSES)
+    table = _unicode_tables()[0]
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return table[np.minimum(codes, _TABLE_SIZE - 1)].tobytes()
 
 
 def _snap_and_merge(spans: list[tuple[int, int]], class_bytes: bytes, size: int) -> list[tuple[int, int]]:
@@ -46,11 +100,10 @@ def _snap_and_merge(spans: list[tuple[int, int]], class_bytes: bytes, size: int)
 def interesting_windows(text: str, long_token: int = LONG_TOKEN) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(digit windows, long-token windows): sorted, non-overlapping (start, end) ranges of `text`
     around digit clusters and around runs of at least `long_token` token characters."""
-    raw = text.encode("ascii", "replace")          # one byte per character: offsets carry over
-    size = len(raw)
+    size = len(text)
     if size == 0:
         return [], []
-    class_bytes = raw.translate(_CLASSES)
+    class_bytes = _class_bytes(text)               # one byte per character: offsets carry over
     classes = np.frombuffer(class_bytes, dtype=np.uint8)
 
     digit_spans: list[tuple[int, int]] = []
@@ -76,15 +129,15 @@ def interesting_windows(text: str, long_token: int = LONG_TOKEN) -> tuple[list[t
         else:
             full = token.reshape(blocks, block).all(axis=1)
         run = full[: blocks - 3] & full[1: blocks - 2] & full[2: blocks - 1] & full[3:]
-        cursor = -1
-        for index in np.flatnonzero(run).tolist():
+        # Consecutive hits belong to one token (a character that is not a token character breaks
+        # every block it is in): visit only the first hit of each.
+        firsts = run.copy()
+        firsts[1:] &= ~run[:-1]
+        for index in np.flatnonzero(firsts).tolist():
             at = index * block
-            if at < cursor:
-                continue                      # inside the run found last time
             run_start = class_bytes.rfind(b"\x00", 0, at) + 1
             run_end = class_bytes.find(b"\x00", at)
             run_end = size if run_end < 0 else run_end
-            cursor = run_end
             if run_end - run_start >= long_token:
                 token_spans.append((run_start - TOKEN_MARGIN, run_end + TOKEN_MARGIN))
     return _snap_and_merge(digit_spans, class_bytes, size), _snap_and_merge(token_spans, class_bytes, size)
