@@ -170,6 +170,9 @@ def export(
              "local: also records kept at level 'local', for use on this node only (e.g. training here); "
              "never copy that folder off the node."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many rows."),
+    approved_only: bool = typer.Option(
+        False, "--approved-only",
+        help="sft only: keep just the replies a user approved (chosen among n samples, thumbed up, or corrected)."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Export traces (sft) or preference data (dpo, kto) in TRL's conversational formats.
@@ -183,13 +186,16 @@ def export(
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
     if consent not in ("local", "share"):
         raise UserError(f"--consent must be share or local, not {consent!r}")
+    if approved_only and format != "sft":
+        raise UserError("--approved-only applies to --format sft (dpo and kto rows come from feedback already)")
+    filters = {"approved_only": True} if approved_only else {}
     cfg = _config(config)
     opened = _open_store(store)
     console = Console(stderr=True)
     try:
         with console.status(f"reading {format} rows from {store}"):
             dataset = to_dataset(format, opened, model_version=model_version or None,
-                                 since=_parse_since(since), consent=consent, limit=limit)
+                                 since=_parse_since(since), consent=consent, limit=limit, **filters)
         with console.status(f"writing {len(dataset)} rows to {out}"):
             paths = write_parquet_shards(dataset, out, shard_rows=cfg.store.export_shard_rows,
                                          manifest={"format": format, "store": str(store), "consent": consent})

@@ -16,7 +16,8 @@ Filters (all optional): `model_version` (one or several), `since` (unix seconds 
 `.remove_columns(...)` when training).
 
 SFT rows follow the feedback: the user's correction replaces the reply it corrects, a choice
-among n picks the chosen reply (else the first), and a reply voted down is left out.
+among n picks the chosen reply (else the first), and a reply voted down is left out. With
+`approved_only=True` only replies a user approved (a choice, a thumbs up or a correction) are kept.
 
 `write_parquet_shards` writes zstd-compressed Parquet files that
 `datasets.load_dataset("parquet", data_dir=DIR)` reads. `datasets` is imported lazily and never
@@ -80,7 +81,10 @@ def _check_consent(consent: str) -> str:
 
 def sft_rows(store: TraceStore, *, model_version: str | Sequence[str] | None = None,
              since: float | datetime | None = None, consent: str = DEFAULT_CONSENT,
-             limit: int | None = None) -> Iterator[dict[str, Any]]:
+             limit: int | None = None, approved_only: bool = False) -> Iterator[dict[str, Any]]:
+    """`approved_only` keeps replies a user approved (chosen among n, thumbed up, or corrected):
+    fine-tuning a model on its own unrated replies teaches it nothing new and drifts it from
+    human text, so the loop trains on approved replies only (rejection-sampling fine-tuning)."""
     feedback = _feedback_by_trace(store)
     produced = 0
     for record in store.iter_records(model_version=model_version, since=since, consent=_check_consent(consent)):
@@ -93,6 +97,12 @@ def sft_rows(store: TraceStore, *, model_version: str | Sequence[str] | None = N
                 corrections[item.choice_index] = item.correction
             if item.thumbs is not None:
                 votes[item.choice_index] = item.thumbs
+        chose = any(item.choice is not None for item in feedback.get(record.id, []))
+        if not chose and 1 in votes.values():
+            chosen_index = min(i for i, vote in votes.items() if vote == 1)   # a thumbs up picks its reply
+        approved = chose or chosen_index in corrections or votes.get(chosen_index) == 1
+        if approved_only and not approved:
+            continue
         if chosen_index in corrections:
             reply = corrections[chosen_index]
         elif votes.get(chosen_index) == -1:
@@ -149,8 +159,9 @@ def to_dataset(kind: str, store: TraceStore | Path | str, *, consent: str = DEFA
 
 def to_sft_dataset(store: TraceStore | Path | str, *, model_version: str | Sequence[str] | None = None,
                    since: float | datetime | None = None, consent: str = DEFAULT_CONSENT,
-                   limit: int | None = None) -> "datasets.Dataset":
-    return to_dataset("sft", store, model_version=model_version, since=since, consent=consent, limit=limit)
+                   limit: int | None = None, approved_only: bool = False) -> "datasets.Dataset":
+    return to_dataset("sft", store, model_version=model_version, since=since, consent=consent, limit=limit,
+                      approved_only=approved_only)
 
 
 def to_dpo_dataset(store: TraceStore | Path | str, *, model_version: str | Sequence[str] | None = None,

@@ -98,6 +98,14 @@ def test_stats_export_and_errors(tmp_path, chitchat):
                                     "--consent", "off"), "--consent")
 
     assert_one_line_error(swarmloop("export", "--store", str(db), "--format", "ppo", "--out", str(tmp_path / "x")), "--format")
+    assert_one_line_error(swarmloop("export", "--store", str(db), "--format", "dpo", "--out", str(tmp_path / "w"),
+                                    "--approved-only"), "--approved-only")
+    result = swarmloop("export", "--store", str(db), "--format", "sft", "--out", str(tmp_path / "approved"),
+                       "--consent", "local", "--approved-only")
+    assert result.returncode == 0, result.stderr
+    approved = datasets.load_dataset("parquet", data_dir=str(tmp_path / "approved"), split="train")
+    everything = datasets.load_dataset("parquet", data_dir=str(tmp_path / "sft"), split="train")
+    assert 0 < len(approved) < len(everything)
     assert_one_line_error(swarmloop("stats", "--store", str(tmp_path / "missing.db")), "no such trace store")
     assert_one_line_error(swarmloop("export", "--store", str(db), "--format", "sft", "--out", str(tmp_path / "y"),
                                     "--since", "yesterday"), "--since")

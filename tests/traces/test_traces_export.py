@@ -57,6 +57,18 @@ def test_sft_rows_follow_the_feedback(store_path):
     assert row["messages"][:-1] == [{"role": m.role, "content": m.content} for m in traces[10].messages]
 
 
+def test_approved_only_keeps_replies_a_user_approved(store_path):
+    with TraceStore(store_path, readonly=True) as store:
+        traces = list(store.iter_traces())
+    ds = to_sft_dataset(store_path, consent="local", approved_only=True)
+    by_id = {row["trace_ids"][0]: row["messages"][-1]["content"] for row in ds}
+    # chosen among n, corrected, thumbed up (choice 1 of trace 3, and trace 31); not the voted-down one
+    assert set(by_id) == {traces[0].id, traces[1].id, traces[3].id, traces[31].id}
+    assert by_id[traces[0].id] == "second 0"
+    assert by_id[traces[1].id] == "a better reply"
+    assert by_id[traces[3].id] == "second 3"                           # the reply the thumbs up was for
+
+
 def test_dpo_and_kto_formats(store_path):
     dpo = to_dpo_dataset(store_path, consent="local")
     assert dpo.column_names == ["prompt", "chosen", "rejected", "trace_ids", "origin"]
