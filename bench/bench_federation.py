@@ -182,7 +182,7 @@ def main() -> None:
             "client": {"local_steps": args.local_steps, "min_examples": 1, "training_overrides": overrides},
             "schedule": {"kind": "constant", "lr": fed_lr},
             "strategy": {"round_timeout_s": 3600},
-            "robust": {"max_norm_ratio": None},
+            "robust": {"max_norm_ratio": None, "min_cosine": None},   # plain FedAvg: what is compared
             "eval": {"store": str(out / "eval.db"), "max_examples": len(held_out)} if eval_on else {},
             "publish": {"registry": None},
             "simulation": {"client_cpus": float(threads), "ray_num_cpus": threads},

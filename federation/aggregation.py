@@ -15,7 +15,7 @@ Arrays are keyed by wire name ("…q_proj.lora_A" / "…q_proj.lora_B", see fede
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -138,3 +138,28 @@ def clip_update(update: Arrays, reference: Arrays, max_norm: float) -> tuple[Arr
         return update, 1.0
     factor = max_norm / norm
     return {k: (reference[k] + factor * (update[k] - reference[k])).astype(np.float32) for k in update}, factor
+
+
+def pairwise_cosines(stacks: Iterable[np.ndarray], count: int) -> np.ndarray:
+    """[count, count] cosine similarities between `count` updates. `stacks` yields, per tensor,
+    the updates stacked [count, ...]; each update's vector is all its tensors joined."""
+    gram = np.zeros((count, count))
+    for stack in stacks:
+        flat = stack.reshape(count, -1).astype(np.float64)
+        gram += flat @ flat.T
+    norms = np.sqrt(np.diag(gram))
+    denominator = np.outer(norms, norms)
+    return np.divide(gram, denominator, out=np.zeros_like(gram), where=denominator > 0)
+
+
+def agreement_scores(cosines: np.ndarray) -> list[float]:
+    """Per update, the cosine it reaches with at least half of the others (rounded up): the
+    upper median of its cosines to the others. An update scores >= t exactly when it agrees at
+    level t with half or more of the round, whatever the others' norms (a scaled update cannot
+    buy agreement) and whatever one outlier does to a coordinate-wise median."""
+    count = len(cosines)
+    scores = []
+    for i in range(count):
+        others = sorted((float(cosines[i, j]) for j in range(count) if j != i), reverse=True)
+        scores.append(others[(len(others) + 1) // 2 - 1] if others else 0.0)
+    return scores

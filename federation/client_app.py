@@ -1,6 +1,8 @@
 """The Flower ClientApp: one node's local round.
 
-train:   open the node's store -> SFT or DPO dataset -> the training recipe (training/sft.py or
+train:   open the node's store -> SFT or DPO dataset -> verified ingest (federation/ingest.py:
+         signatures of every record used, activation proofs on a sample; a node that fails sits
+         the round out with the reason) -> the training recipe (training/sft.py or
          training/dpo.py, the only training path) for `local-steps` steps on the global adapter
          -> reply with the trainable LoRA tensors only (one ArrayRecord), a MetricRecord with
          "num-examples" and the metrics, and a ConfigRecord naming the node.
@@ -24,6 +26,7 @@ from flwr.clientapp import ClientApp
 from federation import protocol
 from federation.attacks import apply_attack
 from federation.dataset import NotEnoughData, node_dataset
+from federation.ingest import INGEST_KEY
 from federation.logs import get_logger
 from federation.protocol import ARRAYS_KEY, METRICS_KEY, NODE_KEY
 
@@ -86,15 +89,40 @@ def _proximal_hooks(model: Any, reference: dict[str, np.ndarray], mu: float) -> 
     return hooks
 
 
-def _reply(msg: Message, name: str, arrays: dict[str, np.ndarray], metrics: dict[str, float], skip_reason: str = "") -> Message:
-    content = RecordDict(
-        {
-            ARRAYS_KEY: ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
-            METRICS_KEY: MetricRecord(metrics),
-            NODE_KEY: ConfigRecord({"name": name, "skip-reason": skip_reason}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
+def _reply(msg: Message, name: str, arrays: dict[str, np.ndarray], metrics: dict[str, float], skip_reason: str = "",
+           ingest: Any = None) -> Message:
+    records: dict[str, Any] = {
+        ARRAYS_KEY: ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
+        METRICS_KEY: MetricRecord(metrics),
+        NODE_KEY: ConfigRecord({"name": name, "skip-reason": skip_reason}),
+    }
+    if ingest is not None:
+        records[INGEST_KEY] = ConfigRecord(ingest.to_record())
+    return Message(content=RecordDict(records), reply_to=msg)
+
+
+def check_ingest(instructions: protocol.RoundInstructions, node: dict[str, Any], name: str) -> Any:
+    """The round's verified-ingest checks on this node's data (federation/ingest.py), or None
+    when the server asked for none. The base model is loaded only once a sampled trace carries
+    a proof (then it is the model the round trains anyway)."""
+    from federation.ingest import VerifierModels, check_node_data, load_plain_model
+
+    settings = instructions.ingest()
+    if not settings.active:
+        return None
+
+    def models() -> VerifierModels:
+        model, tokenizer, _ = _model_for(instructions, instructions.settings())
+        return VerifierModels(base_model=model, tokenizer=tokenizer, base_ref=instructions.base_ref,
+                              base_sha256=instructions.base_sha256, extra_ref=settings.proof_model, loader=load_plain_model)
+
+    report = check_node_data(node[protocol.NODE_DATA_PATH], instructions.method, settings, node_name=name,
+                             model_version=instructions.base_version or None, models_factory=models)
+    log.info("node %s round %d ingest: %d records checked (%d verified, %d unsigned), proofs %d passed / %d failed / "
+             "%d unverifiable, %.2f s%s", name, instructions.round, report.records_checked, report.verified,
+             report.unsigned, report.proofs_passed, report.proofs_failed, report.proofs_unverifiable, report.seconds,
+             f"; EXCLUDED: {report.reason}" if report.excluded else "")
+    return report
 
 
 def train_round(msg: Message, node: dict[str, Any]) -> Message:
@@ -115,6 +143,10 @@ def train_round(msg: Message, node: dict[str, Any]) -> Message:
     except NotEnoughData as exc:
         log.warning("node %s sits round %d out: %s", name, instructions.round, exc)
         return _reply(msg, name, {}, empty_metrics, skip_reason=str(exc))
+    ingest = check_ingest(instructions, node, name)
+    if ingest is not None and ingest.excluded:
+        log.warning("node %s is excluded from round %d: %s", name, instructions.round, ingest.reason)
+        return _reply(msg, name, {}, empty_metrics, skip_reason=f"integrity: {ingest.reason}", ingest=ingest)
 
     settings = instructions.settings()
     model, tokenizer, names = _model_for(instructions, settings)
@@ -148,7 +180,7 @@ def train_round(msg: Message, node: dict[str, Any]) -> Message:
     }
     log.info("node %s round %d: %d examples, %d steps, loss %.4f, %.1f s", name, instructions.round,
              metrics["num-examples"], metrics["steps"], metrics["train-loss"], seconds)
-    return _reply(msg, name, update, metrics)
+    return _reply(msg, name, update, metrics, ingest=ingest)
 
 
 def evaluate_round(msg: Message, node: dict[str, Any]) -> Message:

@@ -102,7 +102,9 @@ class StrategySection(_Strict):
     beta_1: float = Field(0.9, ge=0, lt=1)      # fedadam
     beta_2: float = Field(0.99, ge=0, lt=1)     # fedadam
     tau: float = Field(1e-3, gt=0)              # fedadam
-    trim_beta: float = Field(0.2, ge=0, lt=0.5)  # fedtrimmedavg: fraction cut from each tail
+    # fedtrimmedavg: fraction cut from each tail; int(trim_beta·n) updates go, so 0.25 trims one
+    # of each tail from 4 nodes on (0.2 trims nothing below 5)
+    trim_beta: float = Field(0.25, ge=0, lt=0.5)
     num_malicious_nodes: int = Field(0, ge=0)   # krum
 
 
@@ -115,6 +117,14 @@ class RobustSection(_Strict):
     # Drop an update whose norm exceeds this many times the round's median norm (3+ updates), or
     # with fewer updates the median of the norms accepted in earlier rounds (None: off).
     max_norm_ratio: float | None = Field(4.0, gt=1)
+    # Keep an update only if its cosine similarity reaches this with at least half of the round's
+    # other updates (3+ updates; None: off); at most ⌊(n-1)/2⌋ updates a round, the least
+    # agreeing first. Catches a sign-flipped update of ordinary norm, which the norm ratio lets
+    # through. Cosines of ΔB and of ΔW agree under FFA (A·Aᵀ = I/3).
+    min_cosine: float | None = Field(0.0, ge=-1, lt=1)
+    # Keep every update the server receives (and the round's global adapter) in
+    # RUN/updates/round-NNNN/ (safetensors): an audit trail for rejected or suspicious updates.
+    save_updates: bool = False
 
 
 class DPSection(_Strict):
@@ -139,6 +149,32 @@ class EvalSection(_Strict):
 class PublishSection(_Strict):
     registry: Path | None = Path("runs/registry")   # None: build the checkpoint in the run folder only
     promote: bool = True                        # point the registry's `latest` at the new version
+    # The trainer's Ed25519 key (PEM, created with mode 0600 on first use): the checkpoint's
+    # manifest is signed with it (manifest.sig), so nodes with this key in redeploy.trusted_keys
+    # accept it. Export the public key: `swarmloop checkpoint trust --signing-key PATH`.
+    signing_key: Path | None = None
+
+
+class IntegritySection(_Strict):
+    """Verified ingest (federation/ingest.py): each node checks the data a round would use."""
+
+    # Allow-list of node keys (TOML: [keys] name = "base64 Ed25519 public key"). Every record a
+    # round uses must carry a good signature by one of them (by the key named like the node, when
+    # there is one). None: signatures are not checked.
+    trusted_node_keys: Path | None = None
+    require_signatures: bool = False            # true: an unsigned record excludes its node too
+    # Share of the traces a round uses whose activation proofs are re-run (at least one when > 0);
+    # traces without proofs or with redacted text count as unverifiable, not failed.
+    proof_sample_rate: float = Field(0.05, ge=0, le=1)
+    # The model to re-run proofs on (a model reference); None: the round's base. Traces served
+    # by other weights are unverifiable.
+    proof_verifier_model: str | None = None
+
+    @model_validator(mode="after")
+    def _keys_for_required_signatures(self) -> "IntegritySection":
+        if self.require_signatures and self.trusted_node_keys is None:
+            raise ValueError("require_signatures needs trusted_node_keys (the allow-list to check them against)")
+        return self
 
 
 class SimulationSection(_Strict):
@@ -171,6 +207,7 @@ class FederationConfig(_Strict):
     robust: RobustSection = Field(default_factory=RobustSection)
     dp: DPSection = Field(default_factory=DPSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    integrity: IntegritySection = Field(default_factory=IntegritySection)
     publish: PublishSection = Field(default_factory=PublishSection)
     simulation: SimulationSection = Field(default_factory=SimulationSection)
     deployment: DeploymentSection = Field(default_factory=DeploymentSection)
@@ -209,12 +246,13 @@ class FederationConfig(_Strict):
                 setattr(data.eval, name, value.expanduser().resolve())
         if data.publish.registry is not None:
             data.publish.registry = data.publish.registry.expanduser().resolve()
-        if data.base.startswith("registry:"):
-            body = data.base.split(":", 1)[1]
-            path, at, version = body.rpartition("@") if "@" in body else (body, "", "")
-            data.base = f"registry:{Path(path).expanduser().resolve()}{at}{version}"
-        elif _looks_like_path(data.base):
-            data.base = str(Path(data.base).expanduser().resolve())
+        if data.publish.signing_key is not None:
+            data.publish.signing_key = data.publish.signing_key.expanduser().resolve()
+        if data.integrity.trusted_node_keys is not None:
+            data.integrity.trusted_node_keys = data.integrity.trusted_node_keys.expanduser().resolve()
+        if data.integrity.proof_verifier_model is not None:
+            data.integrity.proof_verifier_model = _resolved_ref(data.integrity.proof_verifier_model)
+        data.base = _resolved_ref(data.base)
         return data
 
     def training_digest(self) -> str:
@@ -223,6 +261,17 @@ class FederationConfig(_Strict):
                 "strategy": self.strategy.name, "dp": self.dp.model_dump(mode="json"),
                 "nodes": [n.name for n in self.nodes]}
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _resolved_ref(ref: str) -> str:
+    """A model reference with its local path (a folder, or a registry's) made absolute."""
+    if ref.startswith("registry:"):
+        body = ref.split(":", 1)[1]
+        path, at, version = body.rpartition("@") if "@" in body else (body, "", "")
+        return f"registry:{Path(path).expanduser().resolve()}{at}{version}"
+    if _looks_like_path(ref):
+        return str(Path(ref).expanduser().resolve())
+    return ref
 
 
 def _looks_like_path(ref: str) -> bool:

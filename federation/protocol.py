@@ -48,6 +48,12 @@ class RoundInstructions(BaseModel):
     round: int = 0
     lr: float = 0.0
     proximal_mu: float = 0.0
+    # verified ingest (federation/ingest.py): the allow-list's text, policy, and this round's seed
+    integrity_trusted_keys: str = ""
+    integrity_require_signatures: bool = False
+    integrity_proof_rate: float = 0.0
+    integrity_proof_model: str = ""
+    integrity_seed: int = 0
 
     @classmethod
     def from_record(cls, record: Any) -> "RoundInstructions":
@@ -58,12 +64,22 @@ class RoundInstructions(BaseModel):
 
         return TrainingSettings.model_validate_json(self.training_settings)
 
+    def ingest(self):
+        from federation.ingest import IngestSettings
+
+        return IngestSettings(trusted_keys_toml=self.integrity_trusted_keys,
+                              require_signatures=self.integrity_require_signatures,
+                              proof_sample_rate=self.integrity_proof_rate, proof_model=self.integrity_proof_model,
+                              seed=self.integrity_seed)
+
 
 def round_config(
     config: FederationConfig, *, training_settings_json: str, base_ref: str, base_sha256: str, base_version: str,
-    lora_a_digest: str, seed: int,
+    lora_a_digest: str, seed: int, trusted_node_keys: str = "",
 ) -> dict[str, Any]:
-    """The fixed part of every round's ConfigRecord (the strategy adds round and lr)."""
+    """The fixed part of every round's ConfigRecord (the strategy adds round, lr and the
+    integrity seed). `trusted_node_keys` is the text of the allow-list file."""
+    integrity = config.integrity
     return {
         "method": config.method,
         "local-steps": config.client.local_steps,
@@ -78,6 +94,10 @@ def round_config(
         # which traces' rows to train on: for DPO (by default) only those the base served
         "base-version": base_version if (config.method == "dpo" and config.client.dpo_pairs_from_base) else "",
         "seed": seed,
+        "integrity-trusted-keys": trusted_node_keys,
+        "integrity-require-signatures": integrity.require_signatures,
+        "integrity-proof-rate": integrity.proof_sample_rate,
+        "integrity-proof-model": integrity.proof_verifier_model or "",
     }
 
 

@@ -1,5 +1,6 @@
 """The run's end: merge the global adapter into the base, build the checkpoint with training's
-build_checkpoint (manifest with lineage, privacy and communication; model card), publish it."""
+build_checkpoint (manifest with lineage, privacy, communication and integrity; model card; signed
+with the trainer's key when publish.signing_key is set), publish it."""
 
 from __future__ import annotations
 
@@ -43,8 +44,11 @@ def lineage_root(ref: str, resolved_base: Any) -> str:
 
 def build_and_publish(
     config: FederationConfig, peft_model: Any, tokenizer: Any, resolved_base: Any, result: RunResult, settings: Any,
-    *, privacy: PrivacySummary, steps: int, run: RunFolder,
+    *, privacy: PrivacySummary, steps: int, run: RunFolder, integrity: dict[str, Any] | None = None,
+    signing_key: Any = None,
 ) -> dict[str, Any]:
+    """Build RUN/checkpoint/vNNNN (signed with `signing_key`, a traces.signing.NodeKey, when given)
+    and publish it to the registry."""
     import shutil
 
     from training.checkpoint import build_checkpoint
@@ -77,11 +81,12 @@ def build_and_publish(
         peft_model, tokenizer, out_dir, version=version, base_model=lineage_root(config.base, resolved_base),
         parent=resolved_base,
         training=training, eval_metrics=eval_metrics, privacy=privacy, communication=result.communication,
-        dtype=settings.checkpoint.dtype, settings=settings.checkpoint,
+        dtype=settings.checkpoint.dtype, settings=settings.checkpoint, integrity=integrity, signing_key=signing_key,
     )
     published = None
     if config.publish.registry is not None:
         registry = LocalRegistry(config.publish.registry)
         registry.publish(path, promote=config.publish.promote)
         published = registry.path(version)
-    return {"version": version, "checkpoint": path, "published": published}
+    return {"version": version, "checkpoint": path, "published": published,
+            "signed_by": signing_key.node_id if signing_key is not None else None}

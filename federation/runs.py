@@ -82,6 +82,8 @@ class RunResult(BaseModel):
     communication: dict[str, Any] = Field(default_factory=dict)
     privacy: dict[str, Any] = Field(default_factory=dict)
     examples_by_node: dict[str, int] = Field(default_factory=dict)
+    integrity: dict[str, Any] = Field(default_factory=dict)       # the manifest's integrity field
+    signed_by: str | None = None                # node id of the key that signed the checkpoint
     seconds: float = 0.0
 
     def save(self, path: Path) -> None:

@@ -143,6 +143,7 @@ class RoundCloser:
 def run_server(grid: Grid, config: FederationConfig, *, mode: str) -> RunResult:
     from federation import models
     from federation.dataset import eval_dataset
+    from federation.ingest import integrity_summary
     from federation.protocol import round_config
     from federation.publish import build_and_publish
     from federation.state import clear_state, load_state
@@ -153,6 +154,8 @@ def run_server(grid: Grid, config: FederationConfig, *, mode: str) -> RunResult:
 
     started = time.monotonic()
     run = RunFolder(config.run.dir).ensure()
+    signing_key = load_signing_key(config)               # before any round: a bad key fails now
+    trusted_node_keys = read_trusted_node_keys(config)
     settings = load_training_settings(config.client.training_config, config.client.training_overrides)
     models.check_lora_settings(settings.lora)
 
@@ -199,7 +202,7 @@ def run_server(grid: Grid, config: FederationConfig, *, mode: str) -> RunResult:
             base_ref=pinned_ref(config.base, resolved),
             base_sha256=resolved.weights_sha256, base_version=resolved.version,
             lora_a_digest=models.lora_a_digest(peft_model),
-            seed=settings.recipe(config.method).seed,
+            seed=settings.recipe(config.method).seed, trusted_node_keys=trusted_node_keys,
         )
         strategy.start(
             grid=grid,
@@ -225,12 +228,53 @@ def run_server(grid: Grid, config: FederationConfig, *, mode: str) -> RunResult:
         communication=communication, privacy=privacy.model_dump(mode="json"),
         examples_by_node=closer.examples_by_node, seconds=round(closer.elapsed(), 2),
     )
+    integrity = integrity_summary(history, settings=ingest_settings_summary(config, trusted_node_keys))
+    result = result.model_copy(update={"integrity": integrity})
     published = build_and_publish(config, peft_model, loaded.tokenizer, resolved, result, settings,
-                                  privacy=privacy, steps=closer.steps, run=run)
+                                  privacy=privacy, steps=closer.steps, run=run, integrity=integrity,
+                                  signing_key=signing_key)
     result = result.model_copy(update=published)
     result.save(run.result_path)
     log.info("run finished: %s (%s)", result.version, result.published or result.checkpoint)
     return result
+
+
+def load_signing_key(config: FederationConfig) -> Any:
+    """The trainer's key that signs the checkpoint (created, mode 0600, on first use), or None."""
+    if config.publish.signing_key is None:
+        return None
+    from traces.signing import SigningError, load_or_create_key
+
+    try:
+        return load_or_create_key(config.publish.signing_key)
+    except SigningError as exc:
+        raise RuntimeError(f"publish.signing_key: {exc}") from None
+
+
+def read_trusted_node_keys(config: FederationConfig) -> str:
+    """The allow-list file's text (checked here, sent to the nodes each round), or ""."""
+    path = config.integrity.trusted_node_keys
+    if path is None:
+        return ""
+    from traces.signing import SigningError, TrustedKeys
+
+    try:
+        TrustedKeys.from_toml(path)
+    except SigningError as exc:
+        raise RuntimeError(f"integrity.trusted_node_keys: {exc}") from None
+    return Path(path).read_text()
+
+
+def ingest_settings_summary(config: FederationConfig, trusted_node_keys: str) -> dict[str, Any]:
+    """The ingest policy as the manifest records it (the allow-list by name)."""
+    names: list[str] = []
+    if trusted_node_keys:
+        import tomllib
+
+        names = sorted(tomllib.loads(trusted_node_keys).get("keys", {}))
+    return {"trusted_node_keys": names, "require_signatures": config.integrity.require_signatures,
+            "proof_sample_rate": config.integrity.proof_sample_rate,
+            "proof_verifier_model": config.integrity.proof_verifier_model or config.base}
 
 
 def pinned_ref(ref: str, resolved: Any) -> str:

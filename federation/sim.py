@@ -41,11 +41,29 @@ def prepare_run(config: FederationConfig, *, need_stores: bool) -> tuple[Federat
                 raise UserError(f"node {node.name}: no store given")
             if not node.store.exists():
                 raise UserError(f"node {node.name}: {node.store}: no such trace store")
+    check_integrity_files(config)
     run = RunFolder(config.run.dir).ensure()
     tmp = run.config_path.with_suffix(".json.tmp")
     tmp.write_text(config.model_dump_json(indent=2))
     tmp.replace(run.config_path)
     return config, run
+
+
+def check_integrity_files(config: FederationConfig) -> None:
+    """The trainer's signing key (created now if missing) and the node allow-list must be usable
+    before anything starts: one line naming the key otherwise."""
+    from traces.signing import SigningError, TrustedKeys, load_or_create_key
+
+    try:
+        if config.publish.signing_key is not None:
+            load_or_create_key(config.publish.signing_key)
+    except SigningError as exc:
+        raise UserError(f"publish.signing_key: {exc}") from None
+    try:
+        if config.integrity.trusted_node_keys is not None:
+            TrustedKeys.from_toml(config.integrity.trusted_node_keys)
+    except SigningError as exc:
+        raise UserError(f"integrity.trusted_node_keys: {exc}") from None
 
 
 @contextmanager

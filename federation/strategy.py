@@ -11,9 +11,14 @@ SwarmStrategy, on every round:
     train config, and counts bytes each way (federation/comm.py);
   * drops replies that failed or of nodes that sat out ("skipped" = 1, num-examples = 0: too
     little data), so Flower never divides by a zero weight or trips on an empty ArrayRecord;
+  * leaves out nodes whose verified ingest failed (federation/ingest.py: they reply with a skip
+    and their ingest report, recorded per node and round), and sends each round a fresh seed for
+    the nodes' proof sampling;
   * measures each update's norm ‖ΔW‖_F, drops updates far above the round's median (or, with
-    fewer than 3 updates, the median of earlier rounds' accepted norms: robust.max_norm_ratio)
-    and clips the rest (robust.clip_norm);
+    fewer than 3 updates, the median of earlier rounds' accepted norms: robust.max_norm_ratio),
+    drops updates that point away from most of the round's others (robust.min_cosine: a
+    sign-flipped update of ordinary norm) and clips the rest (robust.clip_norm);
+  * optionally keeps every received update for audit (robust.save_updates);
   * with lora.aggregation = "svd", averages the products B_i·A_i and re-factorises them
     (federation/aggregation.py), recording the error;
   * under DP, gives dropped nodes a zero update and equal weights, as Flower's accountant needs;
@@ -25,6 +30,7 @@ rounds already done, so schedules, FedAdam's bias correction and DP events see a
 from __future__ import annotations
 
 import math
+import secrets
 import statistics
 from collections.abc import Iterable
 from typing import Any
@@ -35,6 +41,7 @@ from flwr.serverapp.strategy import Strategy
 from federation import aggregation
 from federation.comm import CommunicationTracker
 from federation.config import FederationConfig
+from federation.ingest import INGEST_KEY
 from federation.logs import get_logger
 from federation.protocol import ARRAYS_KEY, METRICS_KEY, NODE_KEY
 from federation.schedule import lr_for_round
@@ -163,6 +170,8 @@ class SwarmStrategy(Strategy):
         self.reference = _arrays_of(arrays)
         config["round"] = current
         config["lr"] = lr_for_round(self.config.schedule, current, self.config.rounds)
+        # drawn here, after the nodes' data is in their stores: no node can know what gets sampled
+        config["integrity-seed"] = secrets.randbits(62)
         if self.dp is not None:
             # Flower checks the sample size against this at every round: set it to what FedAvg
             # will sample now (a node that died is no longer counted).
@@ -171,7 +180,8 @@ class SwarmStrategy(Strategy):
             self.dp.num_sampled_clients = max(int(connected * base.fraction_train), base.min_train_nodes)
         messages = list(self.inner.configure_train(current, arrays, config, grid))
         self.tracker.sent(current, messages)
-        self.round_log[current] = {"round": current, "lr": float(config["lr"]), "sampled": len(messages)}
+        self.round_log[current] = {"round": current, "lr": float(config["lr"]), "sampled": len(messages),
+                                   "integrity_seed": int(config["integrity-seed"])}
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> tuple[Any, Any]:
@@ -194,23 +204,36 @@ class SwarmStrategy(Strategy):
             info: dict[str, Any] = {"examples": int(metrics.get("num-examples", 0)), "train_loss": metrics.get("train-loss"),
                                     "steps": int(metrics.get("steps", 0)), "seconds": metrics.get("seconds")}
             nodes[name] = info
+            ingest = reply.content.config_records.get(INGEST_KEY)
+            if ingest is not None:
+                info["integrity"] = dict(ingest)
             if metrics.get("skipped") or not metrics.get("num-examples"):
                 node_record = reply.content.config_records.get(NODE_KEY)
-                info["status"] = "skipped"
+                excluded = ingest is not None and bool(ingest.get("excluded"))
+                info["status"] = "excluded" if excluded else "skipped"
                 info["reason"] = str(node_record.get("skip-reason", "")) if node_record is not None else ""
-                log.info("round %d: %s sat the round out (%s)", current, name, info["reason"])
+                if excluded:
+                    log.warning("round %d: %s is excluded: %s", current, name, info["reason"])
+                else:
+                    log.info("round %d: %s sat the round out (%s)", current, name, info["reason"])
                 dropped.append(reply)
                 continue
             usable.append(reply)
             info["status"] = "used"
+        if self.config.robust.save_updates:
+            self.save_updates(current, usable)
 
         norms = {reply_node_name(r): self.update_norm(_arrays_of(r.content[ARRAYS_KEY])) for r in usable}
         for name, norm in norms.items():
             nodes[name]["update_norm"] = norm
         usable, rejected = self.reject_outliers(usable, norms, current)
-        for reply in rejected:
+        usable, turned = self.reject_directions(usable, current, nodes)
+        for reply in rejected + turned:
             nodes[reply_node_name(reply)]["status"] = "rejected"
-        dropped += rejected
+        for reply in rejected:
+            name = reply_node_name(reply)
+            nodes[name]["reason"] = f"update norm {norms[name]:.4g} is more than {self.config.robust.max_norm_ratio:g}x the median norm"
+        dropped += rejected + turned
         if self.dp is None and self.config.robust.clip_norm:
             for reply in usable:
                 self.clip_reply(reply, nodes[reply_node_name(reply)])
@@ -272,6 +295,63 @@ class SwarmStrategy(Strategy):
                 kept.append(reply)
         self.norm_history += [norms[reply_node_name(r)] for r in kept]
         return kept, rejected
+
+    def delta_stacks(self, updates: list[dict[str, np.ndarray]]) -> Iterable[np.ndarray]:
+        """Per module, the nodes' updates stacked [nodes, ...], in a space where inner products
+        are those of ΔW up to one common factor: ΔB under FFA (A·Aᵀ = I/3), else ΔW itself
+        (one module at a time: full products are large)."""
+        if self.config.lora.aggregation == "ffa":
+            for key in sorted(updates[0]):
+                yield np.stack([u[key].astype(np.float64) - self.reference[key] for u in updates])
+            return
+        a_ref, b_ref = aggregation.split_ab(self.reference)
+        split = [aggregation.split_ab(u) for u in updates]
+        for module in sorted(b_ref):
+            before = aggregation.product(a_ref[module], b_ref[module], self.lora_scale)
+            yield np.stack([aggregation.product(a[module], b[module], self.lora_scale) - before for a, b in split])
+
+    def reject_directions(self, replies: list[Any], current: int, nodes: dict[str, dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+        """Drop updates that do not agree with most of the round: an update is kept when its
+        cosine similarity reaches robust.min_cosine with at least half of the other updates
+        (3 or more updates: two cannot outvote each other), at most a minority of them per round.
+        Norm-free, so a sign-flipped update of ordinary norm is caught; pairwise, so one large
+        update cannot drag the reference the way it drags a coordinate-wise median of an even
+        number of noisy updates."""
+        threshold = self.config.robust.min_cosine
+        if threshold is None or len(replies) < 3:
+            return replies, []
+        updates = [_arrays_of(r.content[ARRAYS_KEY]) for r in replies]
+        scores = aggregation.agreement_scores(aggregation.pairwise_cosines(self.delta_stacks(updates), len(updates)))
+        # An outlier check drops a minority, never the round: at most ⌊(n-1)/2⌋ updates, the
+        # least agreeing first (nearly orthogonal honest updates can all score a little below 0).
+        below = sorted((i for i, score in enumerate(scores) if score < threshold), key=lambda i: scores[i])
+        dropped = set(below[: (len(replies) - 1) // 2])
+        kept, rejected = [], []
+        for index, (reply, score) in enumerate(zip(replies, scores)):
+            name = reply_node_name(reply)
+            nodes[name]["agreement"] = score
+            if index in dropped:
+                nodes[name]["reason"] = (f"update points away from the round's other updates (its cosine with half "
+                                         f"of them reaches only {score:.3f} < {threshold:g})")
+                log.warning("round %d: rejected %s: %s", current, name, nodes[name]["reason"])
+                rejected.append(reply)
+            else:
+                kept.append(reply)
+        return kept, rejected
+
+    def save_updates(self, current: int, replies: list[Any]) -> None:
+        """RUN/updates/round-NNNN/: the round's global adapter and every update received, as sent."""
+        from pathlib import Path
+
+        from safetensors.numpy import save_file
+
+        folder = Path(self.config.run.dir) / "updates" / f"round-{current:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in self.reference.items()}, str(folder / "global.safetensors"))
+        for reply in replies:
+            arrays = {k: np.ascontiguousarray(v) for k, v in _arrays_of(reply.content[ARRAYS_KEY]).items()}
+            save_file(arrays, str(folder / f"{reply_node_name(reply)}.safetensors"),
+                      metadata={"num-examples": str(int(reply_metrics(reply).get("num-examples", 0)))})
 
     def clip_reply(self, reply: Any, info: dict[str, Any]) -> None:
         max_b_norm = self.config.robust.clip_norm / self.norm_scale

@@ -1,12 +1,20 @@
 """Trace capture on the node: the CaptureHook the server calls after every finished completion.
 
-    hook = build_capture_hook(Path("node.db"), node_id="node-1", consent="local", privacy=None)
+    key = load_or_create_key(key_path)                # the node's identity (traces.signing)
+    hook = build_capture_hook(Path("node.db"), node_id="node-1", consent="local", privacy=None, key=key)
     app = create_app(config, capture_hook=hook)      # mounts POST /v1/feedback, calls hook.close()
 
 on_completion() only decides whether the request may be kept (the node's consent, lowered by the
 request's `X-Swarmloop-Trace` header or `metadata.swarmloop_trace`) and queues the record: the
-background writer converts it into a Trace, redacts it and commits it in batches, off the
-request path. The server builds no hook at all when consent is off, so nothing is ever stored.
+background writer converts it into a Trace (finishing its activation proofs, if the server
+attached some), redacts it, signs it and commits it in batches, off the request path. The server
+builds no hook at all when consent is off, so nothing is ever stored.
+
+Identity: with a key, every record's `node_id` is the key's id (`node-` + a sha256 prefix of the
+public key, which traces.signing requires of a signed record) and the configured `node_id` is the
+node's *name*: the label of its key in federation allow-lists, kept in the store's meta
+(`node_name`, next to `node_id` and `node_public_key`). Without a key (library use, old stores)
+records carry the configured id and are not signed.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from traces.config import PrivacySettings, StoreSettings
 from traces.consent import OPT_OUT_METADATA_KEY, effective_consent, parse_consent
 from traces.redaction import PrivacyFilter
 from traces.schemas import Choice, Feedback, Message, ModelInfo, Trace, Usage
+from traces.signing import NodeKey
 from traces.store import FeedbackOutcome, TraceNotFound
 from traces.writer import TraceWriter
 
@@ -45,13 +54,20 @@ def record_to_trace(record: CompletionRecord, node_id: str, consent: str) -> Tra
     """The unredacted Trace of a CompletionRecord (the writer redacts it before storing)."""
     request = record.request
     metadata = {k: str(v) for k, v in (request.get("metadata") or {}).items() if k != OPT_OUT_METADATA_KEY}
+    messages = [Message(role=m["role"], content=_content_text(m.get("content"))) for m in request["messages"]]
     proofs = record.proofs
+    if record.pending_proofs is not None:
+        try:    # against the messages as stored: what a verifier will render
+            proofs = record.pending_proofs.finish([{"role": m.role, "content": m.content} for m in messages])
+        except Exception as exc:    # a proof is worth less than the trace: store it without
+            proofs = None
+            log.error("could not finish the activation proofs of a trace (%s)", type(exc).__name__)
     return Trace(
         id=record.completion_id,
         node_id=node_id,
         model=ModelInfo(ref=record.model_ref, version=record.model_version, weights_sha256=record.weights_sha256),
         created_at=float(record.created),
-        messages=[Message(role=m["role"], content=_content_text(m.get("content"))) for m in request["messages"]],
+        messages=messages,
         choices=[Choice(index=c.index, text=c.text, finish_reason=c.finish_reason,
                         completion_tokens=c.completion_tokens) for c in record.choices],
         sampling={k: request[k] for k in SAMPLING_FIELDS if k in request},
@@ -68,21 +84,31 @@ class TraceCapture:
     """The node's CaptureHook: consent check on the request thread, everything else on the writer's."""
 
     def __init__(self, store_path: Path, node_id: str, consent: str, privacy: dict | None = None,
-                 store: dict | StoreSettings | None = None) -> None:
+                 store: dict | StoreSettings | None = None, key: NodeKey | None = None) -> None:
         self.consent = parse_consent(consent)
         if self.consent == "off":
             raise ValueError("consent is off: no capture hook may exist, nothing is stored")
-        self.node_id = node_id
+        self.key = key
+        self.node_name = node_id
+        self.node_id = key.node_id if key is not None else node_id
         settings = store if isinstance(store, StoreSettings) else StoreSettings.model_validate(store or {})
         self.settings = settings
         self.privacy = PrivacyFilter(PrivacySettings.model_validate(privacy or {}))
-        self.writer = TraceWriter(store_path, privacy=self.privacy, settings=settings, convert=self._convert)
-        self.writer.store.set_meta("node_id", node_id)
+        self.writer = TraceWriter(store_path, privacy=self.privacy, settings=settings, convert=self._convert, key=key)
+        self.writer.store.set_meta("node_id", self.node_id)
+        self.writer.store.set_meta("node_name", self.node_name)
+        if key is not None:
+            self.writer.store.set_meta("node_public_key", key.public_key_b64)
         self.writer.store.set_meta("consent", self.consent)
         self._skipped: OrderedDict[str, None] = OrderedDict()
         log.info("trace capture on: consent %s, person names %s", self.consent, self.privacy.names_status)
 
     # -- CaptureHook --------------------------------------------------------------------------
+
+    def will_store(self, headers: dict[str, str], metadata: dict[str, Any]) -> bool:
+        """Would a request with these headers and metadata be kept? (The server builds activation
+        proofs only for those.)"""
+        return effective_consent(self.consent, headers, metadata) != "off"
 
     def on_completion(self, record: CompletionRecord) -> None:
         level = effective_consent(self.consent, record.headers, record.request.get("metadata"))
@@ -130,8 +156,9 @@ class TraceCapture:
 
 
 def build_capture_hook(store_path: Path, node_id: str, consent: str, privacy: dict | None = None,
-                       store: dict | None = None) -> TraceCapture:
+                       store: dict | None = None, key: NodeKey | None = None) -> TraceCapture:
     """The hook for a node whose operator opted in (`consent` local or share).
 
-    `privacy` is a PrivacySettings dict (configs/store.toml [privacy]); `store` a StoreSettings dict."""
-    return TraceCapture(Path(store_path), node_id, consent, privacy, store)
+    `privacy` is a PrivacySettings dict (configs/store.toml [privacy]); `store` a StoreSettings dict;
+    `key` the node's signing key (then `node_id` is the node's name, see the module doc)."""
+    return TraceCapture(Path(store_path), node_id, consent, privacy, store, key)

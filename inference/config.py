@@ -7,6 +7,7 @@ Torch-free. Validated with extra="forbid" everywhere, so a misspelled key is a o
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -95,15 +96,49 @@ class RedeployConfig(_Strict):
         return self
 
 
+class IdentityConfig(_Strict):
+    """[identity]: the node's Ed25519 key (traces.signing), created with mode 0600 on first start."""
+
+    # None: next to the store (<store stem>.key, e.g. traces.db -> traces.key), else
+    # $SWARMLOOP_HOME/keys/<node_id or "node">.key. A key file others can read is refused.
+    key_path: Path | None = None
+
+
+class IntegrityConfig(_Strict):
+    """[integrity]: what the node adds to the traces it stores so that others can check them."""
+
+    # Activation proofs (inference/proofs.py) for every request whose trace will be stored: the
+    # engine streams the final norm's hidden states to a ProofBuilder per choice and feeds each
+    # reply's last token once more. Measured cost well under 5 % of generation time
+    # (bench/bench_integrity.py, bench/RESULTS.md); requests that are not stored never pay it.
+    proofs: bool = True
+
+
 class NodeConfig(_Strict):
     consent: Consent = "off"
     store: Path | None = None                        # node-local trace store (SQLite); needed unless consent is off
+    # The node's name: the label of its key in federation allow-lists (`swarmloop node key`) and in
+    # /admin/identity. Stored records carry the key-derived id (node-<sha256 prefix>) instead.
     node_id: str | None = None                       # default: derived stably, see resolved_node_id()
     server: ServerConfig = Field(default_factory=ServerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     redeploy: RedeployConfig = Field(default_factory=RedeployConfig)
     privacy: dict[str, Any] | None = None           # passed through to the capture hook as is
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    integrity: IntegrityConfig = Field(default_factory=IntegrityConfig)
+
+    def resolved_key_path(self) -> Path:
+        """Where the node's key lives (see IdentityConfig.key_path)."""
+        if self.identity.key_path is not None:
+            return Path(self.identity.key_path).expanduser()
+        if self.store is not None:
+            store = Path(self.store).expanduser()
+            return store.with_name((store.name if store.suffix == ".key" else store.stem) + ".key")
+        from inference.home import swarmloop_home
+
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.node_id or "node").lstrip(".") or "node"
+        return swarmloop_home() / "keys" / f"{name}.key"
 
     def resolved_node_id(self) -> str:
         """A stable id: the configured one, else derived from the store path, else host name + port."""

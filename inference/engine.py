@@ -267,7 +267,9 @@ class GenerationEngine:
             slot.hook_handle = None
 
     def _on_norm_output(self, module, inputs, output) -> None:
-        if self._capturing:
+        # only the scheduler's own forward passes: another thread running the same model object
+        # (a verifier, a benchmark) must not hand its rows to the requests being decoded
+        if self._capturing and threading.current_thread() is self._thread:
             self._norm_output = output
 
     @property
@@ -322,6 +324,11 @@ class GenerationEngine:
                 raise RequestRejected(f"the model's chat template refused these messages: {exc}",
                                       param="messages") from None
             return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain text to ids with the current model's tokenizer (no special tokens), thread-safe."""
+        with self._tokenizer_lock:
+            return list(self._slot.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.prompt_ids is not None:

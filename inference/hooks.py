@@ -3,6 +3,11 @@
 The server builds a CompletionRecord for every finished chat completion and hands it to the
 configured CaptureHook, which must return at once (it writes off the request path). The hook
 may bring its own HTTP routes (e.g. POST /v1/feedback), which the server mounts.
+
+Activation proofs (integrity): the server asks `will_store(hook, headers, metadata)` before
+generating, and only for requests whose trace will be kept does it capture hidden states and
+attach `pending_proofs` (inference.proofs_serving.PendingProofs) to the record; the hook finishes
+them in its writer thread. `pending_proofs` is never serialized.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ class CompletionRecord(BaseModel):
     model_version: str
     weights_sha256: str
     streamed: bool = False
-    # Filled only when activation proofs are on (integrity issue): opaque per-choice payloads.
+    # Filled only when activation proofs are on (integrity issue): per-choice proof entries, or
+    # the proofs still to finish (off the request path) from the hidden states the engine streamed.
     proofs: list[dict[str, Any]] | None = None
+    pending_proofs: Any = Field(default=None, exclude=True, repr=False)
 
 
 @runtime_checkable
@@ -47,3 +54,12 @@ class CaptureHook(Protocol):
 
     def close(self) -> None:
         """Flush and stop; called on server shutdown."""
+
+
+def will_store(hook: CaptureHook | None, headers: dict[str, str] | None, metadata: dict[str, Any] | None) -> bool:
+    """Will `hook` keep the trace of a request with these headers and metadata? A hook that cannot
+    tell (no `will_store` method) is assumed to keep it."""
+    if hook is None:
+        return False
+    decide = getattr(hook, "will_store", None)
+    return True if decide is None else bool(decide(headers or {}, metadata or {}))

@@ -6,6 +6,7 @@
     GET  /metrics               Prometheus text format
     POST /admin/reload          hot-swap to a registry version (bearer token; see inference.hotswap_admin)
     GET  /admin/status          what is served, the last swap, the last refusal and why
+    GET  /admin/identity        the node's key: node id, name, public key, its trusted-keys line
 
 The model is loaded in a background thread after the server listens, so /health can say
 "loading". Every error has the OpenAI shape {"error": {"message", "type", "param", "code"}}:
@@ -42,7 +43,7 @@ from inference.engine_types import (
     SamplingParams,
     TextDelta,
 )
-from inference.hooks import CaptureHook
+from inference.hooks import CaptureHook, will_store
 from inference.loading import LoadedModel, ModelIdentity
 from inference.metrics import NodeMetrics
 from inference.openai_schemas import (
@@ -309,12 +310,14 @@ def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
 def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | None = None,
                loaded: LoadedModel | None = None,
                on_load_failed: Callable[[str], None] | None = None,
-               start_from_registry: bool = False) -> FastAPI:
+               start_from_registry: bool = False, node_key: Any = None) -> FastAPI:
     """Build the app. The model (`loaded`, or config.model.ref) is loaded in a background thread
     when the app starts; `app.state.node` (NodeState) holds the engine and the swap seam.
 
     With start_from_registry (and [redeploy] registry set) the first model is the registry's
-    latest version, verified, falling back to config.model.ref when there is none or it is refused."""
+    latest version, verified, falling back to config.model.ref when there is none or it is refused.
+    `node_key` (traces.signing.NodeKey): the node's identity, shown by GET /admin/identity.
+    With config.integrity.proofs, requests the hook will store carry activation proofs."""
     from inference.hotswap import Redeployer
     from inference.hotswap_admin import admin_router, resolve_admin_token
 
@@ -405,6 +408,12 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
             raise OpenAIError(400, str(exc), param=exc.param, code=exc.code) from None
         completion_id = new_completion_id()
         headers = dict(request.headers)
+        proofs = None
+        if config.integrity.proofs and engine.supports_hidden_states and will_store(capture_hook, headers, body.metadata):
+            from inference.proofs_serving import RequestProofs
+
+            proofs = RequestProofs()
+            generation.capture_hidden, generation.hidden_sink = True, proofs.sink
 
         def finished(handle) -> None:  # scheduler thread: keep it cheap
             final = handle._final
@@ -418,7 +427,12 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
                 metrics.cancelled.inc()
             if capture_hook is not None:
                 try:
-                    capture_hook.on_completion(completion_record(body, result, completion_id, headers, streamed))
+                    record = completion_record(body, result, completion_id, headers, streamed)
+                    if proofs is not None:     # finished by the hook's writer thread, off this one
+                        from inference.proofs_serving import TokenizerOps
+
+                        record.pending_proofs = proofs.pending(result, TokenizerOps.of(engine, result.identity))
+                    capture_hook.on_completion(record)
                 except Exception as exc:
                     log_failure(log, "capture hook failed", exc)
 
@@ -511,6 +525,16 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
         message = "the model is still loading" if state.status == "loading" else f"the model failed to load: {state.error}"
         body = error_body(message, "service_unavailable", code="model_not_loaded")
         return JSONResponse({"status": state.status, **body}, status_code=503)
+
+    @app.get("/admin/identity", responses={404: {"model": ErrorResponse}})
+    async def node_identity():
+        if node_key is None:
+            return JSONResponse(error_body("this node has no signing key", code="not_found"), status_code=404)
+        name = config.node_id or node_key.node_id
+        return {"node_id": node_key.node_id, "name": name, "public_key": node_key.public_key_b64,
+                "trusted_keys_line": f"{json.dumps(name)} = \"{node_key.public_key_b64}\"",
+                "signing": getattr(capture_hook, "key", None) is not None,
+                "proofs": bool(config.integrity.proofs and capture_hook is not None)}
 
     @app.get("/metrics")
     async def prometheus_metrics():

@@ -21,6 +21,8 @@ _CONFIG_HELP = "Federation config (TOML, validated by federation.config.Federati
 _ROUNDS_HELP = "Number of rounds (overrides `rounds` in the config)."
 _RUN_DIR_HELP = "Run folder for metrics, plot, logs, state and checkpoint (overrides run.dir)."
 _FRESH_HELP = "Start over instead of resuming after the last completed round in the run folder."
+_SIGNING_KEY_HELP = ("The trainer's Ed25519 key file (created with mode 0600 if missing): sign the new checkpoint's "
+                     "manifest, so nodes that trust the key accept it (overrides publish.signing_key).")
 _VERBOSE_HELP = "Show every Flower log line on the console (default: swarmloop's lines and warnings; all go to RUN/logs/)."
 
 
@@ -53,6 +55,16 @@ def _summary(result: Any) -> None:
     if result.privacy.get("dp"):
         table.add_row("privacy", f"ε = {result.privacy['epsilon']:.3f}, δ = {result.privacy['delta']}")
     table.add_row("examples by node", ", ".join(f"{k}: {v}" for k, v in result.examples_by_node.items()) or "-")
+    if result.signed_by:
+        table.add_row("signed by", result.signed_by)
+    ingest = result.integrity.get("ingest", {}).get("nodes", {})
+    if ingest:
+        table.add_row("ingest checks", ", ".join(
+            f"{name}: {n['records_checked']} records, {n['proofs_checked']} proofs"
+            + (f", EXCLUDED {n['rounds_excluded']}x" if n["rounds_excluded"] else "") for name, n in sorted(ingest.items())))
+    rejected = result.integrity.get("rejected_updates", {})
+    if rejected:
+        table.add_row("rejected updates", ", ".join(f"{name}: {len(r)}x" for name, r in sorted(rejected.items())))
     table.add_row("run folder", str(result.run_dir))
     Console().print(table)
 
@@ -84,10 +96,11 @@ def sim(
     rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help=_ROUNDS_HELP),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help=_RUN_DIR_HELP),
     fresh: bool = typer.Option(False, "--fresh", help=_FRESH_HELP),
+    signing_key: Optional[Path] = typer.Option(None, "--signing-key", metavar="PATH", help=_SIGNING_KEY_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
 ) -> None:
     """Flower simulation on this machine (Ray): one virtual node per node store of the config."""
-    _run("sim", _load(config, rounds, run_dir, fresh), verbose)
+    _run("sim", _load(config, rounds, run_dir, fresh, {"publish.signing_key": _path(signing_key)}), verbose)
 
 
 @app.command("deploy")
@@ -99,9 +112,15 @@ def deploy(
     superlink: Optional[str] = typer.Option(
         None, "--superlink", help="Join an existing SuperLink at HOST:PORT (its SuperNodes started elsewhere) "
         "instead of starting flower-superlink and one flower-supernode per node store on loopback."),
+    signing_key: Optional[Path] = typer.Option(None, "--signing-key", metavar="PATH", help=_SIGNING_KEY_HELP),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=_VERBOSE_HELP),
 ) -> None:
     """Real Flower deployment: flower-superlink + one flower-supernode per node store on
     loopback (or join a SuperLink), `flwr run` without runtime dependency installation; every
     process started is stopped at the end, on failure and on Ctrl-C."""
-    _run("deploy", _load(config, rounds, run_dir, fresh, {"deployment.superlink": superlink}), verbose)
+    _run("deploy", _load(config, rounds, run_dir, fresh, {"deployment.superlink": superlink,
+                                                          "publish.signing_key": _path(signing_key)}), verbose)
+
+
+def _path(value: Optional[Path]) -> Optional[str]:
+    return str(value) if value is not None else None

@@ -1,4 +1,8 @@
-"""`swarmloop node serve` and `swarmloop node batch`.
+"""`swarmloop node serve`, `swarmloop node batch` and `swarmloop node key`.
+
+Every node has an Ed25519 key ([identity] key_path; created with mode 0600 on first start, a key
+file others can read is refused): it signs every trace and feedback record the node stores, and
+`swarmloop node key` prints the line that puts it in a federation's trusted-keys allow-list.
 
 Torch, transformers and the server are imported inside the commands so `--help` stays fast.
 """
@@ -30,8 +34,27 @@ def load_node_config(config: Optional[Path], overrides: dict[str, Any]):
     return load_config(config, NodeConfig, overrides)
 
 
-def build_capture_hook(config) -> Any:
-    """The trace-capture hook, or None when consent is off (then nothing is stored, not one byte)."""
+def load_node_key(config) -> Any:
+    """The node's signing key (traces.signing.NodeKey), created on first use; one line if unusable."""
+    from traces.signing import SigningError, load_or_create_key
+
+    path = config.resolved_key_path()
+    try:
+        return load_or_create_key(path)
+    except SigningError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create or read the node key ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def node_name(config, key) -> str:
+    """The node's name: the configured node_id, else its key's id."""
+    return config.node_id or key.node_id
+
+
+def build_capture_hook(config, key: Any = None) -> Any:
+    """The trace-capture hook, or None when consent is off (then nothing is stored, not one byte).
+    With `key`, every stored record is signed and carries the key's node id."""
     if config.consent == "off":
         return None
     if config.store is None:
@@ -42,7 +65,8 @@ def build_capture_hook(config) -> Any:
         if exc.name == "inference.capture":
             raise UserError("trace capture is not available in this installation (inference.capture is missing)") from None
         raise
-    return build(Path(config.store), config.resolved_node_id(), config.consent, config.privacy)
+    name = node_name(config, key) if key is not None else config.resolved_node_id()
+    return build(Path(config.store), name, config.consent, config.privacy, key=key)
 
 
 def _check_ref(ref: str) -> None:
@@ -126,7 +150,7 @@ def _status_text(state, url: str) -> str:
     return f"[yellow]●[/] loading {state.config.model.ref} · listening on {url} (503 until ready)"
 
 
-def run_node(cfg, hook, start_from_registry: bool = False) -> str | None:
+def run_node(cfg, hook, start_from_registry: bool = False, key: Any = None) -> str | None:
     """Run uvicorn until SIGINT/SIGTERM; return the load error if the model could not load."""
     import signal
 
@@ -148,7 +172,13 @@ def run_node(cfg, hook, start_from_registry: bool = False) -> str | None:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(cfg, capture_hook=hook, on_load_failed=on_failed, start_from_registry=start_from_registry)
+    if key is not None:
+        stored = (f"stored records are signed, activation proofs {'on' if cfg.integrity.proofs else 'off'}"
+                  if hook is not None else "nothing is stored")
+        logging.getLogger("swarmloop.node").info("node %s (%s), public key %s, key file %s; %s",
+                                                 key.node_id, node_name(cfg, key), key.public_key_b64, key.path, stored)
+    app = create_app(cfg, capture_hook=hook, on_load_failed=on_failed, start_from_registry=start_from_registry,
+                     node_key=key)
     state = app.state.node
     port = sock.getsockname()[1]  # the real one when the config asked for port 0
     url = f"http://{cfg.server.host}:{port}"
@@ -197,10 +227,11 @@ def serve(
                                     "redeploy.registry": registry, "redeploy.admin_token": admin_token})
     _check_ref(cfg.model.ref)
     _check_redeploy(cfg.redeploy)
-    hook = build_capture_hook(cfg)
+    key = load_node_key(cfg)
+    hook = build_capture_hook(cfg, key)
     if cfg.consent == "off" and cfg.store is not None:
         logging.getLogger("swarmloop.node").info("consent is off: the store is not used, nothing is captured")
-    error = run_node(cfg, hook, start_from_registry=cfg.redeploy.registry is not None and model is None)
+    error = run_node(cfg, hook, start_from_registry=cfg.redeploy.registry is not None and model is None, key=key)
     if error:
         raise UserError(f"model failed to load: {error}")
 
@@ -222,7 +253,7 @@ def batch(
     check_batch_output(out_path)
     cfg = load_node_config(config, {"model.ref": model, "store": str(store) if store else None, "consent": consent})
     _check_ref(cfg.model.ref)
-    hook = build_capture_hook(cfg)
+    hook = build_capture_hook(cfg, load_node_key(cfg) if cfg.consent != "off" else None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -250,3 +281,25 @@ def batch(
     if summary.capture_errors:
         console.print(f"[yellow]the capture hook failed on {summary.capture_errors} completions "
                       "(their replies are in OUT, their traces were not stored)[/]")
+
+
+@app.command()
+def key(
+    config: Optional[Path] = typer.Option(None, "--config", help="Node config TOML: \\[identity] key_path, store and node_id decide which key and name."),
+    store: Optional[Path] = typer.Option(None, "--store", help="The node's trace store (the default key lives next to it)."),
+    key_path: Optional[Path] = typer.Option(None, "--key-path", help="The key file itself (overrides \\[identity] key_path)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Label of the key in the allow-list (default: the config's node_id, else the key's id)."),
+) -> None:
+    """Print the node's trusted-keys line (name = "base64 public key") for a federation allow-list.
+
+    Creates the key (mode 0600) if the node has none yet, so it can be trusted before its first start. The line goes to stdout (put it under the \\[keys] table of the trusted-keys TOML); the node id and key file go to stderr.
+    """
+    import json
+
+    cfg = load_node_config(config, {"store": str(store) if store else None,
+                                    "identity.key_path": str(key_path) if key_path else None})
+    existed = cfg.resolved_key_path().exists()
+    node_key = load_node_key(cfg)
+    label = name or node_name(cfg, node_key)
+    typer.echo(f"{json.dumps(label)} = \"{node_key.public_key_b64}\"")
+    typer.echo(f"# node id {node_key.node_id}, key file {node_key.path}{'' if existed else ' (created)'}", err=True)

@@ -114,6 +114,7 @@ def run_training(
     version: Optional[str] = None,
     dtype: Optional[str] = None,
     dataset_ids: Optional[list[str]] = None,
+    signing_key: Optional[Path] = None,
 ) -> Path:
     """Train, evaluate before and after, build the checkpoint. Every failure the user can fix
     (paths, data, model, template, config) raises UserError with one line."""
@@ -127,6 +128,14 @@ def run_training(
         raise UserError(f"{out} already exists; choose a new --out folder (checkpoints are never overwritten)")
     dataset_ids = _dataset_ids(dataset_ids)
     _check_writable_parent(out)
+    key = None
+    if signing_key is not None:  # a bad key file fails now, not after training
+        from traces.signing import SigningError, load_or_create_key
+
+        try:
+            key = load_or_create_key(signing_key)
+        except SigningError as exc:
+            raise UserError(f"--signing-key {exc}") from None
     from inference.model_refs import ModelRefError, parse_model_ref
     from training.config import load_training_settings
     from training.registry import RegistryError, normalize_version
@@ -233,6 +242,7 @@ def run_training(
                 result.model, loaded.tokenizer, out, version=version, base_model=lineage_base(loaded.resolved),
                 parent=loaded.resolved, training=result.training_summary(examples_by_node=examples_by_node(dataset), public_datasets=dataset_ids),
                 eval_metrics=eval_metrics, dtype=settings.checkpoint.dtype, settings=settings.checkpoint,
+                signing_key=key,
             )
         except CheckpointError as exc:
             raise UserError(str(exc)) from None
@@ -252,7 +262,8 @@ def run_training(
     from training.manifest import read_manifest
 
     manifest = read_manifest(path)
-    print(f"checkpoint {manifest.version} written to {path} (weights sha256 {manifest.weights_sha256[:16]}…)")
+    signed = f", signed by {key.node_id}" if key is not None else ""
+    print(f"checkpoint {manifest.version} written to {path} (weights sha256 {manifest.weights_sha256[:16]}…{signed})")
     return path
 
 
@@ -272,10 +283,11 @@ def _command(method: str) -> Callable[..., None]:
         version: Optional[str] = typer.Option(None, "--version", help="Version of the new checkpoint, e.g. v3 (default: the base's version + 1)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="Saved weights dtype: float32 or bfloat16 (overrides dtype in the config's checkpoint section)."),
         dataset_id: Optional[list[str]] = typer.Option(None, "--dataset-id", metavar="ORG/NAME", help="A public Hugging Face dataset holding this training data (e.g. made by `swarmloop traces push --repo-id`); listed in the model card's `datasets` metadata. Repeat for several; the config key checkpoint.datasets adds more."),
+        signing_key: Optional[Path] = typer.Option(None, "--signing-key", metavar="PATH", help="The trainer's Ed25519 key file (PEM; created with mode 0600 if missing): sign the checkpoint's manifest (manifest.sig), so nodes that trust this key accept it. Export it with `swarmloop checkpoint trust`."),
     ) -> None:
         run_training(method, store=store, data=data, base=base, consent=consent, out=out, config=config, eval_data=eval_data,
                      eval_tasks=eval_tasks, max_steps=max_steps, learning_rate=learning_rate, seed=seed, version=version, dtype=dtype,
-                     dataset_ids=dataset_id)
+                     dataset_ids=dataset_id, signing_key=signing_key)
 
     command.__doc__ = _DESCRIPTIONS[method]
     return command

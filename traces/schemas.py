@@ -15,6 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
+# A `Trace.proofs` entry {"choice_index": i, "proof": PROOF_REDACTED} stands for a proof the node
+# dropped because the privacy filter changed the trace's text (the proof would commit to the text
+# before redaction): such a trace is unverifiable by design, never failed.
+PROOF_REDACTED = "redacted"
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 StoredConsent = Literal["local", "share"]          # "off" never produces a record

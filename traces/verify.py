@@ -17,7 +17,17 @@ entry named like the node, any other signer) and a derived row that does not fol
 sources all fail the node. An unsigned record fails it only when signatures are required.
 
 `proof_entries(trace)` reads the activation proofs a trace carries (the format the node writes,
-see its docstring); checking them needs the model and lives in federation/ingest.py.
+see ProofEntry); checking them needs the model and lives in federation/ingest.py.
+
+What a signing node must write for its records to verify here:
+  trace     Trace.model_validate(sign_record(trace, key)) of the trace as stored: after
+            redaction, with node_id = key.node_id, model.weights_sha256 = the served weights,
+            proofs included. (The store gives back exactly these fields: consent and redaction
+            counts from columns, the rest from the payload; zero redaction counts are not kept.)
+  feedback  sign_record(feedback, key, weights_sha256=<the stored trace's model.weights_sha256>)
+            after redaction, before TraceStore.record_feedback.
+  pairs     nothing: derived rows are checked against the signed trace and feedback they cite
+            (a signed one must verify too, bound to its trace's weights).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from traces.pairs import derived_id, pairs_from_feedback
-from traces.schemas import Feedback, KTORow, PreferencePair, Trace
+from traces.schemas import PROOF_REDACTED, Feedback, KTORow, PreferencePair, Trace
 from traces.signing import SignatureError, TrustedKeys, verify_record
 from traces.store import TraceStore
 
@@ -270,7 +280,8 @@ class ProofEntry:
       reply_ids     the exact generated token ids, end-of-sequence included, when re-encoding the
                     reply text would not give them back (a stop string cut the text, or sampling
                     produced a non-canonical tokenization)
-    Never store ids of text the privacy filter redacted: such traces are unverifiable by design.
+    Never store ids of text the privacy filter redacted: such traces are unverifiable by design
+    (the node's writer replaces their proofs by {"choice_index": i, "proof": PROOF_REDACTED}).
     """
 
     choice_index: int
@@ -306,6 +317,7 @@ def unverifiable_reason(trace: Trace) -> str | None:
     """Why no proof of `trace` can be checked, before looking at any model (None: try)."""
     if not trace.proofs:
         return "no proof"
-    if trace.redaction.redacted:
+    markers = any(isinstance(entry, dict) and entry.get("proof") == PROOF_REDACTED for entry in trace.proofs)
+    if trace.redaction.redacted or markers:
         return "redacted (the model saw text the store does not keep)"
     return None

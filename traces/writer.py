@@ -1,18 +1,23 @@
 """The background writer: redact and store traces off the request path, in batches.
 
-    writer = TraceWriter("node.db", privacy=PrivacyFilter())
+    writer = TraceWriter("node.db", privacy=PrivacyFilter(), key=load_or_create_key("node.key"))
     writer.submit(trace)                 # returns at once; False if the queue is full (dropped)
     writer.submit_feedback(feedback)     # a Future: the FeedbackOutcome once committed
     writer.flush()                       # wait until everything submitted so far is committed
     writer.close()                       # flush, stop the thread, close the store
 
 One thread owns the store. It takes everything queued (up to `batch_max`), redacts it in one scan,
-and commits it in one transaction: under load, batches grow and the fsync cost is shared. A trace
-counts as acknowledged once its batch is committed (`on_commit` is called with the ids). When the
-queue has been empty for `compaction_idle_s`, the thread compacts the store in small steps
-(stronger zstd level, newest dictionary, then a dense rewrite) and goes back to writing as soon
-as work arrives. Log lines never contain a prompt, a reply or an exception message (which could
-quote one).
+seals it and commits it in one transaction. Sealing, after redaction: a redacted trace's activation
+proofs are replaced by markers (`{"choice_index": i, "proof": "redacted"}`: the proofs commit to the
+text before redaction, so they could confirm a guess of what was removed, and cannot be checked
+against what is stored), then, with a node `key`, every trace and feedback record is signed
+(traces.signing: binds the node id and the weights' sha256; feedback is bound to the weights of the
+trace it refers to). A record that cannot be signed is not stored. Under load, batches grow and
+the fsync cost is shared. A trace counts as acknowledged once its batch is committed (`on_commit`
+is called with the ids). When the queue has been empty for `compaction_idle_s`, the thread
+compacts the store in small steps (stronger zstd level, newest dictionary, then a dense rewrite)
+and goes back to writing as soon as work arrives. Log lines never contain a prompt, a reply or an
+exception message (which could quote one).
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from typing import Any, Callable
 from traces.config import PrivacySettings, StoreSettings
 from traces.ingest import redact_feedback, redact_traces
 from traces.redaction import PrivacyFilter
-from traces.schemas import Feedback, Trace
-from traces.store import TraceStore
+from traces.schemas import PROOF_REDACTED, Feedback, Trace
+from traces.signing import NodeKey, SigningError, sign_record
+from traces.store import TraceNotFound, TraceStore
 
 log = logging.getLogger("swarmloop.traces")
 
@@ -43,12 +49,14 @@ class TraceWriter:
                  privacy: PrivacyFilter | PrivacySettings | dict | None = None,
                  settings: StoreSettings | None = None,
                  convert: Callable[[Any], Trace | None] | None = None,
-                 on_commit: Callable[[list[str]], None] | None = None) -> None:
+                 on_commit: Callable[[list[str]], None] | None = None,
+                 key: NodeKey | None = None) -> None:
         self.settings = settings or (store.settings if isinstance(store, TraceStore) else StoreSettings())
         self.store = store if isinstance(store, TraceStore) else TraceStore(store, settings=self.settings)
         self.privacy = privacy if isinstance(privacy, PrivacyFilter) else PrivacyFilter(privacy)
         self._convert = convert
         self._on_commit = on_commit
+        self.key = key
         self._queue: queue.Queue = queue.Queue(maxsize=self.settings.queue_max)
         self._cond = threading.Condition()
         self._pending: dict[str, int] = {}
@@ -192,7 +200,7 @@ class TraceWriter:
             self._maybe_apply_retention()
 
     def _process(self, batch: list[tuple]) -> None:
-        traces, ids = [], []
+        traces = []
         for ticket, kind, item, extra in batch:
             if kind != "trace":
                 continue
@@ -204,12 +212,12 @@ class TraceWriter:
                 log.error("could not convert a completion into a trace (%s)", type(exc).__name__)
             if trace is not None:
                 traces.append(trace)
-                ids.append(trace.id)
         stored: list[str] = []
         if traces:
             try:
-                kept = self.store.add_traces(redact_traces(self.privacy, traces))
-                stored = ids
+                sealed = self._seal(redact_traces(self.privacy, traces))
+                kept = self.store.add_traces(sealed)
+                stored = [trace.id for trace in sealed]
                 self._uncompacted += sum(kept)
                 self.counts["stored"] += sum(kept)
                 self.counts["duplicates"] += len(kept) - sum(kept)
@@ -233,9 +241,39 @@ class TraceWriter:
         with self._cond:
             self._done_ticket(batch[-1][0])
 
+    def _seal(self, traces: list[Trace]) -> list[Trace]:
+        """Redacted traces as they are stored: proofs of redacted text replaced by markers, then
+        signed (when the writer has a key). A trace that cannot be signed is dropped and counted."""
+        sealed = []
+        for trace in traces:
+            if trace.proofs and trace.redaction.redacted:
+                markers = [{"choice_index": entry.get("choice_index", i) if isinstance(entry, dict) else i,
+                            "proof": PROOF_REDACTED} for i, entry in enumerate(trace.proofs)]
+                trace = trace.model_copy(update={"proofs": markers})
+            if self.key is not None:
+                try:
+                    trace = Trace.model_validate(sign_record(trace, self.key))
+                except SigningError as exc:
+                    self.counts["failed"] += 1
+                    log.error("could not sign a trace, it is not stored (%s)", type(exc).__name__)
+                    continue
+            sealed.append(trace)
+        return sealed
+
+    def _sign_feedback(self, feedback: Feedback) -> Feedback:
+        """Feedback signed and bound to the weights of the trace it refers to; TraceNotFound when
+        the store has no such trace (as record_feedback would say)."""
+        if self.key is None:
+            return feedback
+        seq = self.store.find_seq(feedback.trace_id)
+        record = self.store.record_by_seq(seq) if seq is not None else None
+        if record is None:
+            raise TraceNotFound(feedback.trace_id)
+        return Feedback.model_validate(sign_record(feedback, self.key, weights_sha256=record.source["weights_sha256"]))
+
     def _record_feedback(self, feedback: Feedback, future: Future) -> None:
         try:
-            outcome = self.store.record_feedback(redact_feedback(self.privacy, feedback))
+            outcome = self.store.record_feedback(self._sign_feedback(redact_feedback(self.privacy, feedback)))
         except Exception as exc:       # TraceNotFound, FeedbackError: the caller turns them into 404 / 400
             future.set_exception(exc)
             return

@@ -64,6 +64,36 @@ def _table(header: tuple[str, str], rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def _integrity_text(integrity: dict[str, Any]) -> str:
+    """Who signed the manifest, what each node's data passed at ingest, which updates were rejected."""
+    parts = []
+    signer = integrity.get("signer")
+    parts.append(f"The manifest is signed (`manifest.sig`, Ed25519) by trainer key `{signer['node_id']}`."
+                 if signer else "The manifest is not signed.")
+    ingest = integrity.get("ingest")
+    if ingest:
+        keys = ingest.get("trusted_node_keys") or []
+        signatures = (f"every node's records were checked against {len(keys)} trusted node key(s)"
+                      + (" (an unsigned record excluded its node)" if ingest.get("require_signatures") else "")
+                      if keys else "signatures were not checked (no trusted node keys)")
+        rate = ingest.get("proof_sample_rate") or 0
+        proofs = (f"activation proofs were re-run on {rate:.0%} of the traces used (verifier model "
+                  f"`{ingest.get('proof_verifier_model')}`)" if rate else "no activation proofs were checked")
+        parts.append(f"Before each round {signatures}; {proofs}. A node failing either sat the round out.")
+        rows = [f"| {name} | {n['records_checked']} | {n['bad_signatures'] + n['unknown_key'] + n['mismatched']} | "
+                f"{n['unsigned']} | {n['proofs_checked']} | {n['proofs_failed']} | {n['proofs_unverifiable']} | "
+                f"{n['rounds_excluded']} of {n['rounds']} |" for name, n in sorted(ingest.get("nodes", {}).items())]
+        if rows:
+            parts.append("\n".join(["| node | records checked | failed signatures | unsigned | proofs checked | "
+                                     "proofs failed | proofs unverifiable | rounds excluded |",
+                                     "|---|---|---|---|---|---|---|---|", *rows]))
+    rejected = integrity.get("rejected_updates") or {}
+    if rejected:
+        parts.append("Updates rejected by the robust checks: " + "; ".join(
+            f"{name}: {', '.join(reasons)}" for name, reasons in sorted(rejected.items())) + ".")
+    return "\n\n".join(parts)
+
+
 def card_data(manifest: Manifest, settings: CheckpointSettings) -> Any:
     """The card's YAML metadata as a huggingface_hub.ModelCardData."""
     from huggingface_hub import ModelCardData
@@ -134,6 +164,7 @@ def render_model_card(manifest: Manifest, settings: CheckpointSettings | None = 
         if communication else "No federated communication (trained in one place)."
     )
 
+    integrity_text = _integrity_text(manifest.integrity)
     parent = (
         f"Parent: {manifest.parent_version} (weights sha256 {_short(manifest.parent_weights_sha256)})."
         if manifest.parent_version else "No parent checkpoint."
@@ -169,12 +200,16 @@ def render_model_card(manifest: Manifest, settings: CheckpointSettings | None = 
 
 {comm_text}
 
+## Integrity
+
+{integrity_text}
+
 ## Verify
 
 `manifest.json` lists the sha256 of every file; the weights digest is `{manifest.weights_sha256}`.
 
 ```
-swarmloop checkpoint verify PATH
+swarmloop checkpoint verify PATH [--trusted-keys TRUSTED.toml]
 ```
 
 ## Use

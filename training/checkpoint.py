@@ -32,6 +32,7 @@ from training.registry import normalize_version, version_number
 
 if TYPE_CHECKING:
     from inference.model_refs import ResolvedModel
+    from traces.signing import NodeKey
 
 CARD_NAME = "README.md"
 
@@ -108,13 +109,17 @@ def build_checkpoint(
     communication: dict[str, Any] | None = None,
     dtype: str | None = None,
     settings: CheckpointSettings | None = None,
+    integrity: dict[str, Any] | None = None,
+    signing_key: "NodeKey | None" = None,
 ) -> Path:
     """Merge, save and describe a checkpoint; returns `out_dir` once it is complete and verified.
 
     `base_model` is the reference the lineage starts from (e.g. "embedded:smollm2-135m-instruct");
     `parent` the resolved model this one was trained from (its version and weights digest are
     recorded); `dtype` defaults to settings.dtype; settings.datasets are added to the training
-    summary's public datasets (the card's `datasets`). Refuses an existing `out_dir`."""
+    summary's public datasets (the card's `datasets`). `integrity` goes into the manifest as is;
+    with `signing_key` the manifest is signed (manifest.sig, training/signing.py) and the signer
+    recorded in integrity["signer"]. Refuses an existing `out_dir`."""
     settings = settings or CheckpointSettings()
     dtype = dtype or settings.dtype
     if dtype not in ("float32", "bfloat16"):
@@ -148,12 +153,19 @@ def build_checkpoint(
             eval=eval_metrics or {},
             privacy=privacy or PrivacySummary(),
             communication=communication or {},
+            integrity=dict(integrity or {}),
             lineage=_lineage(parent, "none"),
         )
+        if signing_key is not None:
+            manifest.integrity["signer"] = {"node_id": signing_key.node_id, "public_key": signing_key.public_key_b64}
         (staging / CARD_NAME).write_text(render_model_card(manifest, settings), encoding="utf-8")
         manifest.files = hash_folder(staging)
         write_manifest(staging, manifest)
         verify_folder(staging)
+        if signing_key is not None:
+            from training.signing import sign_manifest
+
+            sign_manifest(staging, signing_key)
         os.rename(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

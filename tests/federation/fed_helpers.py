@@ -84,3 +84,24 @@ def pid_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def flower_replies(updates: dict[str, dict[str, Any]], weights: dict[str, int] | None = None) -> list[Any]:
+    """Real Flower train replies carrying `updates` (node name -> LoRA arrays), as nodes send
+    them: one ArrayRecord, one MetricRecord with num-examples, the node's ConfigRecord. Needs a
+    task identity (Flower stamps messages with it): see the `task_identity` fixtures."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+
+    replies = []
+    for index, (name, arrays) in enumerate(updates.items(), start=1):
+        instruction = Message(content=RecordDict({"config": ConfigRecord({"round": 1})}), dst_node_id=index,
+                              message_type=MessageType.TRAIN)
+        content = RecordDict({
+            "arrays": ArrayRecord({k: Array(np.ascontiguousarray(v, dtype=np.float32)) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": (weights or {}).get(name, 1), "skipped": 0, "train-loss": 1.0,
+                                     "steps": 1, "seconds": 0.1, "lr": 1e-3}),
+            "node": ConfigRecord({"name": name, "skip-reason": ""}),
+        })
+        replies.append(Message(content=content, reply_to=instruction))
+    return replies

@@ -98,7 +98,7 @@ def test_ffa_average_of_b_is_the_weighted_mean_of_the_updates(lora_model, task_i
     per_node = [_delta_w(model, update) for update in updates]
     expected = {m: sum(w / 10 * d[m] for w, d in zip(weights, per_node)) for m in per_node[0]}
 
-    strategy = _strategy(FederationConfig(robust={"max_norm_ratio": None}), settings, global_b)
+    strategy = _strategy(FederationConfig(robust={"max_norm_ratio": None, "min_cosine": None}), settings, global_b)
     arrays, metrics = strategy.aggregate_train(1, _replies(global_b, updates, weights))
     aggregated = _delta_w(model, {k: v.numpy() for k, v in arrays.items()})
 
@@ -156,7 +156,7 @@ def test_outlier_is_rejected_skipped_node_is_left_out_and_clipping_caps_norms(lo
     malicious = apply_attack(honest[0], global_b, "scale", 20.0)
     updates = honest + [malicious, honest[1]]          # node 5 sits out (too little data)
 
-    strategy = _strategy(FederationConfig(robust={"max_norm_ratio": 4.0}), settings, global_b)
+    strategy = _strategy(FederationConfig(robust={"max_norm_ratio": 4.0, "min_cosine": None}), settings, global_b)
     arrays, _ = strategy.aggregate_train(1, _replies(global_b, updates, [2, 2, 2, 2, 2], skipped=(4,)))
     nodes = strategy.round_log[1]["nodes"]
     assert nodes["n4"]["status"] == "rejected"
@@ -165,7 +165,7 @@ def test_outlier_is_rejected_skipped_node_is_left_out_and_clipping_caps_norms(lo
     assert max(float(np.abs(arrays[k].numpy() - expected[k]).max()) for k in expected) < 1e-6
 
     # Two nodes: no median of three, so round 2 measures against the norms accepted in round 1.
-    pair = _strategy(FederationConfig(robust={"max_norm_ratio": 4.0}), settings, global_b)
+    pair = _strategy(FederationConfig(robust={"max_norm_ratio": 4.0, "min_cosine": None}), settings, global_b)
     pair.aggregate_train(1, _replies(global_b, honest[:2], [1, 1]))
     assert all(i["status"] == "used" for i in pair.round_log[1]["nodes"].values())
     pair.aggregate_train(2, _replies(global_b, [honest[2], malicious], [1, 1]))
@@ -179,7 +179,7 @@ def test_outlier_is_rejected_skipped_node_is_left_out_and_clipping_caps_norms(lo
     # Clipping: no update is longer than clip_norm (in weight space) after aggregation's input check.
     norms = [strategy.update_norm(u) for u in honest]
     cap = min(norms) / 2
-    strategy = _strategy(FederationConfig(robust={"clip_norm": cap, "max_norm_ratio": None}), settings, global_b)
+    strategy = _strategy(FederationConfig(robust={"clip_norm": cap, "max_norm_ratio": None, "min_cosine": None}), settings, global_b)
     replies = _replies(global_b, honest, [1, 1, 1])
     strategy.aggregate_train(1, replies)
     assert all(strategy.update_norm({k: v.numpy() for k, v in r.content["arrays"].items()}) <= cap * (1 + 1e-5) for r in replies)
@@ -247,7 +247,7 @@ def test_svd_and_naive_modes_through_the_strategy(tiny_model_path, task_identity
 
     results = {}
     for mode in ("svd", "naive"):
-        config = FederationConfig(lora={"aggregation": mode}, robust={"max_norm_ratio": None})
+        config = FederationConfig(lora={"aggregation": mode}, robust={"max_norm_ratio": None, "min_cosine": None})
         strategy = _strategy(config, settings, global_arrays)
         arrays, _ = strategy.aggregate_train(1, _replies(global_arrays, updates, weights))
         results[mode] = (aggregation.relative_error(exact, product_of({k: v.numpy() for k, v in arrays.items()})), strategy)

@@ -28,3 +28,27 @@ def test_help_and_bad_input(tmp_path):
     absent = _cli("deploy", "--config", str(no_store))
     assert absent.returncode == 2 and "node node-a" in absent.stderr and "no such trace store" in absent.stderr
     assert "Traceback" not in absent.stderr
+
+
+def test_integrity_files_are_checked_before_anything_starts(tmp_path):
+    from fed_helpers import fill_store
+
+    store = fill_store(tmp_path / "a.db", "node-a", 2)
+    loose = tmp_path / "trainer.key"
+    loose.write_text("whatever")
+    loose.chmod(0o644)
+    data = base_config(tmp_path, [("node-a", store)], publish={"signing_key": str(loose)})
+    bad_key = _cli("sim", "--config", str(write_config(tmp_path / "key.toml", data)))
+    assert bad_key.returncode == 2 and bad_key.stderr.startswith("error: publish.signing_key:") and "too open" in bad_key.stderr
+
+    broken = tmp_path / "nodes.toml"
+    broken.write_text('[keys]\nnode-a = "not base64!"\n')
+    data = base_config(tmp_path, [("node-a", store)], integrity={"trusted_node_keys": str(broken)})
+    bad_list = _cli("sim", "--config", str(write_config(tmp_path / "list.toml", data)))
+    assert bad_list.returncode == 2 and "integrity.trusted_node_keys:" in bad_list.stderr and "node-a" in bad_list.stderr
+    assert bad_list.stderr.strip().count("\n") == 0
+
+    unchecked = write_config(tmp_path / "req.toml", {"integrity": {"require_signatures": True}})
+    required = _cli("sim", "--config", str(unchecked))
+    assert required.returncode == 2 and "require_signatures needs trusted_node_keys" in required.stderr
+    assert not (tmp_path / "run").exists()          # nothing was started or written
