@@ -138,7 +138,7 @@ def train_round(msg: Message, node: dict[str, Any]) -> Message:
         dataset = node_dataset(
             node[protocol.NODE_DATA_PATH], instructions.method, min_examples=instructions.min_examples,
             max_examples=instructions.max_examples or None, seed=round_seed,
-            model_version=instructions.base_version or None,
+            model_version=instructions.base_version or None, approved_only=instructions.sft_approved_only,
         )
     except NotEnoughData as exc:
         log.warning("node %s sits round %d out: %s", name, instructions.round, exc)
@@ -192,7 +192,8 @@ def evaluate_round(msg: Message, node: dict[str, Any]) -> Message:
     try:
         dataset = node_dataset(node[protocol.NODE_DATA_PATH], instructions.method, min_examples=1,
                                max_examples=instructions.max_examples or None, seed=instructions.seed,
-                               model_version=instructions.base_version or None)
+                               model_version=instructions.base_version or None,
+                               approved_only=instructions.sft_approved_only)
     except NotEnoughData as exc:
         return Message(content=RecordDict({METRICS_KEY: MetricRecord({"num-examples": 0, "eval-metric": 0.0}),
                                            NODE_KEY: ConfigRecord({"name": name, "skip-reason": str(exc)})}), reply_to=msg)

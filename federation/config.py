@@ -69,6 +69,10 @@ class ClientSection(_Strict):
     # DPO: train only on pairs from traces the base checkpoint served, so the recipe's reference
     # (the adapter-disabled base) is the policy that produced them.
     dpo_pairs_from_base: bool = True
+    # SFT: train only on replies a user approved (chosen among n samples, thumbed up, corrected),
+    # i.e. rejection-sampling fine-tuning; False also trains on unrated replies, which drifts the
+    # model towards its own outputs (measured in the loop: held-out chat loss went up).
+    sft_approved_only: bool = False
     # Training hyperparameters (batch size, max length, LoRA rank, DPO beta...): a training TOML
     # (None: configs/training.toml) with dotted overrides on top, e.g. {"lora.r" = 4}. The server
     # sends the result with each round, so every node trains with the same settings.

@@ -13,14 +13,21 @@ from pathlib import Path
 from typing import Any
 
 
+# A node trains on everything its operator opted in for: consent "local" selects local + share
+# records (export's default, "share", is for data leaving the node). Ingest checks the same set.
+NODE_CONSENT = "local"
+
+
 class NotEnoughData(Exception):
     """The node has fewer usable examples than a round needs; it sits the round out."""
 
 
-def load_examples(path: Path | str, method: str, *, model_version: str | None = None) -> Any:
+def load_examples(path: Path | str, method: str, *, model_version: str | None = None,
+                  approved_only: bool = False) -> Any:
     """Every usable row at `path` (a store file or an exported folder), checked for `method`,
     with only the columns the recipe reads. `model_version` keeps the rows of traces that model
-    version served (stores only). An empty result is NotEnoughData, not an error."""
+    version served, `approved_only` (SFT) the replies a user approved (stores only). An empty
+    result is NotEnoughData, not an error."""
     from training.data import REQUIRED_COLUMNS, check_dataset, load_dataset_dir
 
     path = Path(path)
@@ -31,7 +38,8 @@ def load_examples(path: Path | str, method: str, *, model_version: str | None = 
     else:
         from traces.export import to_dataset
 
-        dataset = to_dataset(method, path, model_version=model_version, consent="local")   # on the node: local + share
+        filters = {"approved_only": True} if (approved_only and method == "sft") else {}
+        dataset = to_dataset(method, path, model_version=model_version, consent=NODE_CONSENT, **filters)
         if len(dataset) == 0:
             raise NotEnoughData("no usable examples" + (f" from model version {model_version}" if model_version else ""))
         check_dataset(dataset, method)
@@ -39,9 +47,9 @@ def load_examples(path: Path | str, method: str, *, model_version: str | None = 
 
 
 def node_dataset(path: Path | str, method: str, *, min_examples: int, max_examples: int | None, seed: int,
-                 model_version: str | None = None) -> Any:
+                 model_version: str | None = None, approved_only: bool = False) -> Any:
     """The node's rows for this round: all of them, or `max_examples` drawn with `seed`."""
-    dataset = load_examples(path, method, model_version=model_version)
+    dataset = load_examples(path, method, model_version=model_version, approved_only=approved_only)
     if len(dataset) < min_examples:
         raise NotEnoughData(f"{len(dataset)} usable examples, fewer than the {min_examples} a round needs")
     if max_examples and len(dataset) > max_examples:

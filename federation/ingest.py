@@ -263,7 +263,7 @@ def check_node_data(path: Path | str, method: str, settings: IngestSettings, *, 
 
     `models` (or `models_factory`, called only when a sampled trace carries a proof to check)
     gives the verifier models."""
-    from traces.export import DEFAULT_CONSENT
+    from federation.dataset import NODE_CONSENT
     from traces.store import StoreError, TraceStore
     from traces.verify import unverifiable_reason, used_traces, verify_store
 
@@ -279,13 +279,13 @@ def check_node_data(path: Path | str, method: str, settings: IngestSettings, *, 
     expected = node_name if trusted is not None and node_name in set(trusted) else None
     try:
         with TraceStore(path, readonly=True) as store:
-            # the records federation/dataset.py reads: traces.export's default consent ("share")
+            # the records federation/dataset.py trains on: local + share
             signatures = verify_store(store, method, trusted, expected_signer=expected, model_version=model_version,
-                                      consent=DEFAULT_CONSENT)
+                                      consent=NODE_CONSENT)
             counts = ProofCounts()
             # a node already failing its signatures is excluded: no model needs loading for it
             if settings.proof_sample_rate > 0 and not signatures.failed(settings.require_signatures):
-                ids = [t.id for t in used_traces(store, method, model_version=model_version, consent=DEFAULT_CONSENT)]
+                ids = [t.id for t in used_traces(store, method, model_version=model_version, consent=NODE_CONSENT)]
                 rng = random.Random(f"{settings.seed}:{node_name}")
                 for trace_id in rng.sample(ids, sample_size(len(ids), settings.proof_sample_rate)):
                     trace = store.get_trace(trace_id)

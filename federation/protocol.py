@@ -44,6 +44,7 @@ class RoundInstructions(BaseModel):
     base_ref: str
     base_sha256: str
     base_version: str = ""            # the rows to use were served by this version ("" = all)
+    sft_approved_only: bool = False   # SFT rows: only replies a user approved
     seed: int
     round: int = 0
     lr: float = 0.0
@@ -93,6 +94,7 @@ def round_config(
         "base-sha256": base_sha256,
         # which traces' rows to train on: for DPO (by default) only those the base served
         "base-version": base_version if (config.method == "dpo" and config.client.dpo_pairs_from_base) else "",
+        "sft-approved-only": config.client.sft_approved_only,
         "seed": seed,
         "integrity-trusted-keys": trusted_node_keys,
         "integrity-require-signatures": integrity.require_signatures,

@@ -90,20 +90,50 @@ def new_run_dir(root: Path) -> Path:
     return path
 
 
-def node_config(config: LoopConfig, name: str, store: Path, registry: Path, admin_token: str) -> dict[str, Any]:
+def node_config(config: LoopConfig, name: str, store: Path, registry: Path, admin_token: str,
+                trusted_trainer: Path | None = None) -> dict[str, Any]:
     section = config.nodes
+    redeploy: dict[str, Any] = {"registry": f"registry:{registry}", "poll_interval_s": section.poll_interval_s,
+                                "admin_token": admin_token}
+    if trusted_trainer is not None:
+        redeploy["trusted_keys"] = str(trusted_trainer)     # only checkpoints the trainer signed
     return {
         "consent": section.consent,
         "store": str(store),
         "node_id": name,
         "model": {"ref": config.loop.model, "dtype": section.dtype, "threads": section.threads},
         "limits": dict(section.limits),
-        "redeploy": {"registry": f"registry:{registry}", "poll_interval_s": section.poll_interval_s,
-                     "admin_token": admin_token},
+        "redeploy": redeploy,
+        "integrity": {"proofs": section.proofs},
     }
 
 
-def start_nodes(config: LoopConfig, run_dir: Path, registry: Path, stack: ExitStack) -> list[NodeProcess]:
+def trainer_key(run_dir: Path) -> tuple[Path, Path]:
+    """The trainer's signing key (created, 0600) and a trusted-keys file naming its public key."""
+    from traces.signing import TrustedKeys, load_or_create_key
+
+    key_path = run_dir / "keys" / "trainer.key"
+    key = load_or_create_key(key_path)
+    trusted = run_dir / "keys" / "trusted-trainer.toml"
+    trusted.write_text(TrustedKeys.of(key, names=["trainer"]).to_toml())
+    return key_path, trusted
+
+
+def collect_node_keys(nodes: list[NodeProcess], path: Path) -> Path:
+    """The federation's allow-list: each node's public key (GET /admin/identity), named like the node."""
+    from traces.signing import TrustedKeys
+
+    keys = {}
+    for node in nodes:
+        response = node.get("/admin/identity")
+        response.raise_for_status()
+        keys[node.name] = response.json()["public_key"]
+    path.write_text(TrustedKeys(keys).to_toml())
+    return path
+
+
+def start_nodes(config: LoopConfig, run_dir: Path, registry: Path, stack: ExitStack,
+                trusted_trainer: Path | None = None) -> list[NodeProcess]:
     """Start every node at once (they load in parallel), then wait until each is healthy."""
     token = secrets.token_hex(16)
     nodes = []
@@ -114,7 +144,7 @@ def start_nodes(config: LoopConfig, run_dir: Path, registry: Path, stack: ExitSt
         port = config.nodes.base_port + index if config.nodes.base_port else None
         node = start_node(
             None, port=port, workdir=workdir, wait_ready=False, name=name,
-            config=node_config(config, name, workdir / "traces.db", registry, token),
+            config=node_config(config, name, workdir / "traces.db", registry, token, trusted_trainer),
         )
         stack.callback(node.stop)
         nodes.append(node)
@@ -168,14 +198,19 @@ def judge_node_stores(nodes: list[NodeProcess]) -> dict[str, dict[str, int]]:
 
 
 def federation_config(config: LoopConfig, base: str, nodes: list[NodeProcess], run_dir: Path, registry: Path,
-                      heldout_chat: Path):
+                      heldout_chat: Path, signing_key: Path | None = None, trusted_nodes: Path | None = None):
     from federation.config import FederationConfig
 
     data: dict[str, Any] = json.loads(json.dumps(config.federation))   # a deep copy
     data["base"] = base
     data["nodes"] = [{"name": node.name, "store": str(node.store)} for node in nodes]
     data["run"] = {"dir": str(run_dir), "resume": True}
-    data["publish"] = {"registry": str(registry), "promote": True}
+    data["publish"] = {"registry": str(registry), "promote": True,
+                       **({"signing_key": str(signing_key)} if signing_key else {})}
+    if trusted_nodes is not None:
+        integrity = data.setdefault("integrity", {})
+        integrity["trusted_node_keys"] = str(trusted_nodes)
+        integrity["require_signatures"] = True
     data.setdefault("eval", {}).setdefault("data", str(heldout_chat))
     return FederationConfig.model_validate(data).resolved()
 
@@ -227,10 +262,13 @@ def run_loop(config: LoopConfig, *, show: Callable[[str], None] = print) -> Loop
         tmp.write_text(result.model_dump_json(indent=2))
         tmp.replace(run_dir / "metrics.json")
 
+    signing_key, trusted_trainer = trainer_key(run_dir) if config.integrity.sign_checkpoints else (None, None)
     with ExitStack() as stack:
         with Phase(None, f"starting {config.loop.nodes} nodes on {config.loop.model}", show):
-            nodes = start_nodes(config, run_dir, registry, stack)
+            nodes = start_nodes(config, run_dir, registry, stack, trusted_trainer)
         result.nodes = [node.name for node in nodes]
+        trusted_nodes = (collect_node_keys(nodes, run_dir / "keys" / "trusted-nodes.toml")
+                         if config.integrity.verify_ingest else None)
         with Phase(None, f"evaluating {config.loop.model} on {len(heldout_tasks)} held-out tasks", show):
             current_ref = config.loop.model
             result.evals.append(evaluate(current_ref))
@@ -246,7 +284,7 @@ def run_loop(config: LoopConfig, *, show: Callable[[str], None] = print) -> Loop
                 record.stores_before = {node.name: store_summary(node.store) for node in nodes}
             with Phase(record, "federate", lambda name: show(f"iteration {iteration}: federated {config.federation.get('method', 'sft')} over {len(nodes)} node stores ({config.loop.runtime})")):
                 fed_config = federation_config(config, current_ref, nodes, run_dir / f"fed-{iteration}", registry,
-                                               heldout_chat_path)
+                                               heldout_chat_path, signing_key, trusted_nodes)
                 fed = run_federation(config, fed_config)
                 record.federation = fed.model_dump(mode="json")
             if fed.version is None or fed.published is None:

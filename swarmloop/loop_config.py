@@ -43,6 +43,7 @@ class NodesSection(_Strict):
     startup_timeout_s: float = Field(300.0, gt=0)
     swap_timeout_s: float = Field(300.0, gt=0)    # wait for every node to serve a new version
     probe_requests: int = Field(2, ge=1)          # requests per node after a swap, to check new traces
+    proofs: bool = True                           # activation proofs with every stored trace
 
 
 class EvalSection(_Strict):
@@ -57,11 +58,25 @@ class EvalSection(_Strict):
     max_length: int = Field(384, ge=16)
 
 
+class IntegritySection(_Strict):
+    """Who may feed and who may change the swarm (issue: integrity). Each node signs its records
+    with its own key (always) and proves its activations ([nodes] proofs)."""
+
+    # The trainer signs every checkpoint (a key in the run folder) and every node accepts only
+    # checkpoints signed by it (redeploy.trusted_keys).
+    sign_checkpoints: bool = True
+    # Before each round, every node's records must carry a good signature by that node's key (an
+    # allow-list the conductor collects from GET /admin/identity) and a sample of activation
+    # proofs is re-run ([federation.integrity] proof_sample_rate).
+    verify_ingest: bool = True
+
+
 class LoopConfig(_Strict):
     loop: LoopSection = Field(default_factory=LoopSection)
     nodes: NodesSection = Field(default_factory=NodesSection)
     workload: WorkloadSettings = Field(default_factory=WorkloadSettings)
     eval: EvalSection = Field(default_factory=EvalSection)
+    integrity: IntegritySection = Field(default_factory=IntegritySection)
     federation: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -17,6 +17,12 @@ def _plt():
     return plt
 
 
+def dpo_pair_count(stats: dict[str, Any]) -> int:
+    """DPO pairs in a store's stats (`pairs.dpo` is a count by origin: choice, correction, judge...)."""
+    dpo = (stats.get("pairs") or {}).get("dpo", 0)
+    return sum(dpo.values()) if isinstance(dpo, dict) else int(dpo or 0)
+
+
 def plot_traces_pairs(result: Any, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -25,7 +31,7 @@ def plot_traces_pairs(result: Any, path: Path) -> None:
         for node, stats in record.stores_before.items():
             labels.append(f"it{record.iteration}\n{node}")
             traces.append(stats.get("traces", 0))
-            pairs.append(stats.get("pairs", {}).get("dpo", 0) if isinstance(stats.get("pairs"), dict) else stats.get("dpo_pairs", 0))
+            pairs.append(dpo_pair_count(stats))
     xs = range(len(labels))
     ax.bar([x - 0.2 for x in xs], traces, width=0.4, label="traces")
     ax.bar([x + 0.2 for x in xs], pairs, width=0.4, label="DPO pairs")
@@ -135,9 +141,24 @@ def render_markdown(result: Any) -> str:
         comm = fed.get("communication", {})
         lines += ["", f"- Federated run: {fed.get('mode')} {fed.get('method')}, {fed.get('rounds')} round(s), "
                   f"examples by node {fed.get('examples_by_node')}, {fed.get('seconds', 0):.0f} s.",
-                  f"- Communication: {comm}", f"- Central eval: before {fed.get('baseline_eval')}, after {fed.get('eval')}", ""]
+                  f"- Communication: {comm}", f"- Central eval: before {fed.get('baseline_eval')}, after {fed.get('eval')}"]
+        lines += integrity_lines(fed) + [""]
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in PLOTS] + [""]
     return "\n".join(lines)
+
+
+def integrity_lines(fed: dict[str, Any]) -> list[str]:
+    """Who signed the checkpoint, what each node's verified ingest found, which updates were rejected."""
+    integrity = fed.get("integrity") or {}
+    lines = [f"- Checkpoint signed by: {fed.get('signed_by') or 'nobody (unsigned)'}"]
+    for name, entry in sorted((integrity.get("ingest") or {}).get("nodes", {}).items()):
+        lines.append(f"- Ingest {name}: {entry.get('verified', 0)}/{entry.get('records_checked', 0)} records with a good "
+                     f"signature, proofs {entry.get('proofs_passed', 0)} passed / {entry.get('proofs_failed', 0)} failed / "
+                     f"{entry.get('proofs_unverifiable', 0)} unverifiable, excluded in {entry.get('rounds_excluded', 0)} "
+                     f"of {entry.get('rounds', 0)} rounds")
+    for name, reasons in sorted((integrity.get("rejected_updates") or {}).items()):
+        lines.append(f"- Rejected updates from {name}: {'; '.join(reasons)}")
+    return lines
 
 
 def write_report(result: Any, run_dir: Path) -> Path:

@@ -6,7 +6,10 @@ traces.tasks (train split only: the held-out evaluation uses the eval split, whi
 overlaps). Task requests ask for n > 1 samples and carry their answer in `metadata`, so the node
 stores it with the trace and its verifier judges can later turn the samples into preference pairs.
 The simulated user checks each sample with the same verifier and tells the node which one was
-right (a `choice` feedback) or that the reply was wrong (thumbs down), as a person would.
+right (a `choice` feedback) or that the reply was wrong (thumbs down), as a person would. On a
+share of chat replies (`chat_correction_rate`) the user edits the reply into what the real person
+of that conversation answered (a `correction` feedback, as in Open WebUI's edit): real human text,
+which the node's privacy filter redacts like any other.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class WorkloadSettings(BaseModel):
     concurrency: int = Field(4, ge=1)             # requests in flight per node
     feedback: bool = True                         # simulated users say which sample was right
     chat_thumbs_up_rate: float = Field(0.0, ge=0, le=1)
+    chat_correction_rate: float = Field(0.0, ge=0, le=1)   # chat replies the user edits into the real answer
     seed: int = 0
     request_timeout_s: float = Field(300.0, gt=0)
 
@@ -50,6 +54,7 @@ class WorkItem:
     kind: Literal["chat", "task"]
     messages: list[dict[str, str]]
     task: dict[str, Any] | None = None
+    human_reply: str | None = None            # chat: what the real person answered (for corrections)
 
 
 @dataclass
@@ -63,6 +68,7 @@ class NodeWorkloadResult:
     task_samples_correct: int = 0
     tasks_with_a_correct_sample: int = 0
     feedback_sent: int = 0
+    chat_corrections: int = 0
     feedback_failed: int = 0
     seconds: float = 0.0
     versions_seen: dict[str, int] = field(default_factory=dict)
@@ -73,12 +79,13 @@ def _stable_fraction(text: str) -> float:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
 
 
-def chat_prompts(count: int, *, seed: int, held_out_share: float = 0.2) -> list[str]:
-    """Opening turns of real conversations, excluding the share kept for held-out evaluation."""
+def chat_prompts(count: int, *, seed: int, held_out_share: float = 0.2) -> list[tuple[str, str]]:
+    """(opening turn, the real reply to it) of real conversations, excluding the share kept for
+    held-out evaluation."""
     from traces.samples import chitchat_conversations
 
-    opening = [turns[0] for turns in chitchat_conversations() if _stable_fraction(turns[0]) >= held_out_share
-               and 8 <= len(turns[0]) <= 400]
+    opening = [(turns[0], turns[1]) for turns in chitchat_conversations()
+               if _stable_fraction(turns[0]) >= held_out_share and 8 <= len(turns[0]) <= 400]
     random.Random(seed).shuffle(opening)
     return opening[:count]
 
@@ -110,7 +117,7 @@ def build_items(settings: WorkloadSettings, *, node_index: int, iteration: int) 
     chats = chat_prompts(settings.chat_per_node, seed=seed)
     tasks = generate_tasks(settings.tasks_per_node, seed=seed, split="train",
                            kinds=node_task_kinds(settings.task_kinds, node_index, settings.non_iid), unique=True)
-    items = [WorkItem("chat", [{"role": "user", "content": text}]) for text in chats]
+    items = [WorkItem("chat", [{"role": "user", "content": text}], human_reply=reply) for text, reply in chats]
     items += [WorkItem("task", list(task["messages"]), task) for task in tasks]
     random.Random(seed).shuffle(items)
     return items
@@ -153,8 +160,13 @@ async def _run_item(item: WorkItem, client: Any, http: httpx.AsyncClient, base_u
     result.completions += len(response.choices)
     result.completion_tokens += response.usage.completion_tokens if response.usage else 0
     if not is_task:
-        if settings.feedback and settings.chat_thumbs_up_rate and \
-                _stable_fraction(response.id) < settings.chat_thumbs_up_rate:
+        if not settings.feedback:
+            return
+        if item.human_reply and _stable_fraction(response.id + "/edit") < settings.chat_correction_rate:
+            await _send_feedback(http, base_url, {"completion_id": response.id, "correction": item.human_reply,
+                                                  "choice_index": 0}, result)
+            result.chat_corrections += 1
+        elif settings.chat_thumbs_up_rate and _stable_fraction(response.id) < settings.chat_thumbs_up_rate:
             await _send_feedback(http, base_url, {"completion_id": response.id, "thumbs": 1}, result)
         return
     correct = [score(choice.message.content or "", item.task) >= 1.0 for choice in response.choices]

@@ -262,3 +262,20 @@ def test_exported_folder_is_unsigned(tmp_path, trusted):
     required = check_node_data(folder, "sft", _settings(trusted, require_signatures=True), node_name="node-a")
     assert required.excluded and "carries no signatures" in required.reason
     assert not check_node_data(folder, "sft", _settings(trusted), node_name="node-a").excluded
+
+
+def test_local_consent_records_are_checked_like_the_ones_the_round_trains_on(tmp_path, node_key, trusted):
+    """Nodes keep traces at consent "local" (the loop's default) and train on them: ingest must
+    check exactly those, not only the share-level ones that may leave the node."""
+    from federation.dataset import node_dataset
+
+    path = fill_signed_store(tmp_path / "local.db", node_key, 5, consent="local")
+    settings = _settings(trusted, require_signatures=True, proof_sample_rate=0.0)
+    honest = check_node_data(path, "sft", settings, node_name="node-a")
+    trained = node_dataset(path, "sft", min_examples=1, max_examples=None, seed=0)
+    assert honest.records_checked == honest.verified == len(trained) == 5 and not honest.excluded
+
+    with sqlite3.connect(path) as db:                       # a local record tampered with on disk
+        db.execute("UPDATE traces SET consent = 2 WHERE seq = 2")     # local raised to share
+    tampered = check_node_data(path, "sft", settings, node_name="node-a")
+    assert tampered.excluded and tampered.bad_signatures == 1, tampered

@@ -78,6 +78,29 @@ def test_every_node_serves_v1_and_tags_new_traces(smoke_run):
         assert iteration["new_traces_by_node"][name] == len(new)
 
 
+def test_checkpoint_is_signed_by_the_trainer_and_ingest_verified_every_node(smoke_run):
+    from traces.signing import TrustedKeys
+    from training.signing import verify_manifest_signature
+
+    folder = smoke_run / "registry" / "v0001"
+    trusted = TrustedKeys.from_toml(smoke_run / "keys" / "trusted-trainer.toml")
+    assert verify_manifest_signature(folder, trusted) == "trainer"
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    federation = metrics["iterations"][0]["federation"]
+    nodes = federation["integrity"]["ingest"]["nodes"]
+    assert set(nodes) == {"node-1", "node-2"}
+    for name, entry in nodes.items():
+        # every record the round used carried a good signature by that node's own key
+        assert entry["records_checked"] > 0 and entry["verified"] == entry["records_checked"], (name, entry)
+        assert entry["rounds_excluded"] == 0 and entry["proofs_failed"] == 0, (name, entry)
+    # the node keys the conductor collected are the keys the stores were signed with
+    allow = TrustedKeys.from_toml(smoke_run / "keys" / "trusted-nodes.toml")
+    for name in metrics["nodes"]:
+        with TraceStore(smoke_run / "nodes" / name / "traces.db", readonly=True) as store:
+            trace = next(iter(store.iter_traces()))
+        assert allow.by_node_id(trace.node_id)[0] == name
+
+
 def test_report_and_plots_written(smoke_run):
     report = (smoke_run / "report.md").read_text()
     assert "v0000 -> v0001" in report and "paired 95% CI" in report
