@@ -135,7 +135,7 @@ def render_markdown(result: Any) -> str:
             swap = record.swaps.get(node, {})
             pause = swap.get("pause_s")
             lines.append(f"| {node} | {w['requests']} | {w['failed']} | {w['task_samples_correct']}/{w['task_samples']} "
-                         f"| {w['feedback_sent']} | {stats.get('traces', '?')} | {judged.get('pairs', 0)} "
+                         f"| {w['feedback_sent']} ({w.get('chat_corrections', 0)} chat, {w.get('task_corrections', 0)} task edits) | {stats.get('traces', '?')} | {judged.get('pairs', 0)} "
                          f"| {'?' if pause is None else f'{pause * 1000:.0f} ms'} | {record.new_traces_by_node.get(node, 0)} |")
         fed = record.federation
         comm = fed.get("communication", {})

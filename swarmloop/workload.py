@@ -6,8 +6,9 @@ traces.tasks (train split only: the held-out evaluation uses the eval split, whi
 overlaps). Task requests ask for n > 1 samples and carry their answer in `metadata`, so the node
 stores it with the trace and its verifier judges can later turn the samples into preference pairs.
 The simulated user checks each sample with the same verifier and tells the node which one was
-right (a `choice` feedback) or that the reply was wrong (thumbs down), as a person would. On a
-share of chat replies (`chat_correction_rate`) the user edits the reply into what the real person
+right (a `choice` feedback) or that the reply was wrong (thumbs down), as a person would; when
+no sample was right, a share of users (`task_correction_rate`) edit the reply into the answer
+instead (a `correction`, the strongest signal a user gives). On a share of chat replies (`chat_correction_rate`) the user edits the reply into what the real person
 of that conversation answered (a `correction` feedback, as in Open WebUI's edit): real human text,
 which the node's privacy filter redacts like any other.
 """
@@ -45,6 +46,7 @@ class WorkloadSettings(BaseModel):
     feedback: bool = True                         # simulated users say which sample was right
     chat_thumbs_up_rate: float = Field(0.0, ge=0, le=1)
     chat_correction_rate: float = Field(0.0, ge=0, le=1)   # chat replies the user edits into the real answer
+    task_correction_rate: float = Field(0.0, ge=0, le=1)   # tasks with no right sample the user edits into the answer
     seed: int = 0
     request_timeout_s: float = Field(300.0, gt=0)
 
@@ -69,6 +71,7 @@ class NodeWorkloadResult:
     tasks_with_a_correct_sample: int = 0
     feedback_sent: int = 0
     chat_corrections: int = 0
+    task_corrections: int = 0
     feedback_failed: int = 0
     seconds: float = 0.0
     versions_seen: dict[str, int] = field(default_factory=dict)
@@ -177,9 +180,22 @@ async def _run_item(item: WorkItem, client: Any, http: httpx.AsyncClient, base_u
         return
     if any(correct):
         body = {"completion_id": response.id, "choice": correct.index(True)}
+    elif _stable_fraction(response.id + "/edit") < settings.task_correction_rate:
+        body = {"completion_id": response.id, "correction": corrected_answer(item.task), "choice_index": 0}
+        result.task_corrections += 1
     else:
         body = {"completion_id": response.id, "thumbs": -1, "choice_index": 0}
     await _send_feedback(http, base_url, body, result)
+
+
+def corrected_answer(task: dict[str, Any]) -> str:
+    """What a user who knows the answer edits a wrong reply into: the answer as the prompt asks
+    for it (a multiple-choice letter with its option, as people write it)."""
+    answer = str(task["answer"])
+    options = task.get("options")
+    if options and len(answer) == 1 and answer.isalpha():
+        return f"{answer}) {options[ord(answer.upper()) - 65]}"
+    return answer
 
 
 async def drive_node(name: str, base_url: str, model: str, items: list[WorkItem], settings: WorkloadSettings,
