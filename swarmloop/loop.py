@@ -119,6 +119,12 @@ def trainer_key(run_dir: Path) -> tuple[Path, Path]:
     return key_path, trusted
 
 
+def key_id(key_path: Path) -> str:
+    from traces.signing import load_or_create_key
+
+    return load_or_create_key(key_path).node_id
+
+
 def collect_node_keys(nodes: list[NodeProcess], path: Path) -> Path:
     """The federation's allow-list: each node's public key (GET /admin/identity), named like the node."""
     from traces.signing import TrustedKeys
@@ -287,6 +293,8 @@ def run_loop(config: LoopConfig, *, show: Callable[[str], None] = print) -> Loop
                                                heldout_chat_path, signing_key, trusted_nodes)
                 fed = run_federation(config, fed_config)
                 record.federation = fed.model_dump(mode="json")
+                if signing_key is not None and fed.signed_by == key_id(signing_key):
+                    record.federation["signed_by_name"] = "trainer"
             if fed.version is None or fed.published is None:
                 raise RuntimeError(f"the federated run of iteration {iteration} published no checkpoint")
             record.to_version = fed.version

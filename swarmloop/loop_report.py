@@ -150,7 +150,9 @@ def render_markdown(result: Any) -> str:
 def integrity_lines(fed: dict[str, Any]) -> list[str]:
     """Who signed the checkpoint, what each node's verified ingest found, which updates were rejected."""
     integrity = fed.get("integrity") or {}
-    lines = [f"- Checkpoint signed by: {fed.get('signed_by') or 'nobody (unsigned)'}"]
+    signer = fed.get("signed_by")
+    named = f"the {fed['signed_by_name']} ({signer})" if signer and fed.get("signed_by_name") else signer
+    lines = [f"- Checkpoint signed by: {named or 'nobody (unsigned)'}"]
     for name, entry in sorted((integrity.get("ingest") or {}).get("nodes", {}).items()):
         lines.append(f"- Ingest {name}: {entry.get('verified', 0)}/{entry.get('records_checked', 0)} records with a good "
                      f"signature, proofs {entry.get('proofs_passed', 0)} passed / {entry.get('proofs_failed', 0)} failed / "

@@ -318,6 +318,8 @@ def unverifiable_reason(trace: Trace) -> str | None:
     if not trace.proofs:
         return "no proof"
     markers = any(isinstance(entry, dict) and entry.get("proof") == PROOF_REDACTED for entry in trace.proofs)
-    if trace.redaction.redacted or markers:
+    # The writer replaces the proofs of a trace whose messages or replies were redacted by markers;
+    # a redaction in the metadata alone (the model never saw it) leaves them checkable.
+    if markers:
         return "redacted (the model saw text the store does not keep)"
     return None

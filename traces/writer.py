@@ -34,7 +34,7 @@ from typing import Any, Callable
 from traces.config import PrivacySettings, StoreSettings
 from traces.ingest import redact_feedback, redact_traces
 from traces.redaction import PrivacyFilter
-from traces.schemas import PROOF_REDACTED, Feedback, Trace
+from traces.schemas import Feedback, Trace
 from traces.signing import NodeKey, SigningError, sign_record
 from traces.store import TraceNotFound, TraceStore
 
@@ -242,14 +242,11 @@ class TraceWriter:
             self._done_ticket(batch[-1][0])
 
     def _seal(self, traces: list[Trace]) -> list[Trace]:
-        """Redacted traces as they are stored: proofs of redacted text replaced by markers, then
-        signed (when the writer has a key). A trace that cannot be signed is dropped and counted."""
+        """Redacted traces (proofs of redacted text already replaced by markers, see
+        traces.ingest.redact_traces) as they are stored: signed when the writer has a key. A trace
+        that cannot be signed is dropped and counted."""
         sealed = []
         for trace in traces:
-            if trace.proofs and trace.redaction.redacted:
-                markers = [{"choice_index": entry.get("choice_index", i) if isinstance(entry, dict) else i,
-                            "proof": PROOF_REDACTED} for i, entry in enumerate(trace.proofs)]
-                trace = trace.model_copy(update={"proofs": markers})
             if self.key is not None:
                 try:
                     trace = Trace.model_validate(sign_record(trace, self.key))

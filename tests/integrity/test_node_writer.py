@@ -34,7 +34,11 @@ def test_stored_records_are_signed_after_redaction(tmp_path, key):
         plain = trace(key, "What is a lighthouse?", "A tower with a light.", proofs=[dict(FAKE_PROOF)])
         private = trace(key, "Mail ada.lovelace@example.org the notes.", "Sent to ada.lovelace@example.org.",
                         proofs=[dict(FAKE_PROOF)])
-        assert writer.submit(plain) and writer.submit(private)
+        # the model never saw its metadata: a redaction there (a hex id the entropy test takes for
+        # a secret) leaves the proof of what it saw and wrote checkable
+        tagged = trace(key, "What is 2 + 2?", "4", proofs=[dict(FAKE_PROOF)]).model_copy(
+            update={"metadata": {"task_id": "arithmetic-9f3b2c7a1e4d"}})
+        assert writer.submit(plain) and writer.submit(private) and writer.submit(tagged)
         writer.flush()
         outcome = writer.submit_feedback(Feedback(id="fb-1", trace_id=plain.id, thumbs=1,
                                                   comment="call me on ada.lovelace@example.org")).result(30)
@@ -42,6 +46,7 @@ def test_stored_records_are_signed_after_redaction(tmp_path, key):
             writer.submit_feedback(Feedback(id="fb-2", trace_id="chatcmpl-unknown", thumbs=1)).result(30)
         stored_plain = writer.store.get_trace(plain.id)
         stored_private = writer.store.get_trace(private.id)
+        stored_tagged = writer.store.get_trace(tagged.id)
         [feedback] = writer.store.feedback_for(plain.id)
         report = verify_store(writer.store, "sft", TrustedKeys.of(key))
     finally:
@@ -52,11 +57,13 @@ def test_stored_records_are_signed_after_redaction(tmp_path, key):
     assert stored_private.proofs == [{"choice_index": 0, "proof": PROOF_REDACTED}]
     assert unverifiable_reason(stored_private).startswith("redacted")
     assert stored_plain.proofs == [FAKE_PROOF]                      # nothing redacted: the proof stays as it came
-    for record in (stored_plain, stored_private):
+    assert stored_tagged.redaction.counts == {"SECRET": 1} and stored_tagged.metadata["task_id"] == "<SECRET_1>"
+    assert stored_tagged.proofs == [FAKE_PROOF] and unverifiable_reason(stored_tagged) is None
+    for record in (stored_plain, stored_private, stored_tagged):
         assert record.signer == key.node_id and verify_record(record, trusted)
     assert feedback.comment == "call me on <EMAIL_1>" and outcome.feedback.signer == key.node_id
     assert verify_record(feedback, trusted, weights_sha256=stored_plain.model.weights_sha256)
-    assert (report.traces, report.feedback, report.verified) == (2, 1, 3) and not report.failed(True)
+    assert (report.traces, report.feedback, report.verified) == (3, 1, 4) and not report.failed(True)
 
 
 def test_a_trace_that_cannot_be_signed_is_not_stored(tmp_path, key):

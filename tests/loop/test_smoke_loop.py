@@ -87,6 +87,8 @@ def test_checkpoint_is_signed_by_the_trainer_and_ingest_verified_every_node(smok
     assert verify_manifest_signature(folder, trusted) == "trainer"
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     federation = metrics["iterations"][0]["federation"]
+    assert federation["signed_by_name"] == "trainer"
+    assert f"Checkpoint signed by: the trainer ({federation['signed_by']})" in (smoke_run / "report.md").read_text()
     nodes = federation["integrity"]["ingest"]["nodes"]
     assert set(nodes) == {"node-1", "node-2"}
     for name, entry in nodes.items():
