@@ -1,5 +1,6 @@
-"""The whole loop end to end on tiny-random (configs/loop-smoke.toml): real node processes, real
-Flower deployment (superlink + supernodes), a real registry, hot-swap, held-out evaluation."""
+"""The whole loop end to end on tiny-random (configs/loop-smoke.toml, two iterations): real node
+processes, real Flower deployment (superlink + supernodes), a real registry, hot-swap, held-out
+evaluation; the second iteration trains on from the checkpoint the first one published."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def smoke_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loop")
     completed = subprocess.run(
         [sys.executable, "-m", "swarmloop.cli", "loop", "--config", str(REPO_ROOT / "configs/loop-smoke.toml"),
-         "--run-dir", str(root)],
+         "--run-dir", str(root), "--iterations", "2"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
     )
@@ -57,25 +58,29 @@ def test_traces_stored_on_every_node(smoke_run):
         assert all(r.source["model_version"] == "v0000" for r in records)
 
 
-def test_checkpoint_v1_published_and_verifies(smoke_run):
+def test_checkpoints_v1_and_v2_published_and_verify(smoke_run):
     registry = LocalRegistry(smoke_run / "registry")
-    assert registry.versions() == ["v0001"]
-    assert registry.latest() == "v0001"
+    assert registry.versions() == ["v0001", "v0002"]
+    assert registry.latest() == "v0002"
     manifest = registry.verify("v1")
     assert manifest.parent_version == "v0000"
     assert set(manifest.training.examples_by_node) == {"node-1", "node-2"}
+    # the second iteration started from what the first one published
+    assert registry.verify("v2").parent_version == "v0001"
 
 
-def test_every_node_serves_v1_and_tags_new_traces(smoke_run):
+def test_every_node_serves_each_new_version_and_tags_new_traces(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
-    iteration = metrics["iterations"][0]
-    assert iteration["to_version"] == "v0001"
+    assert [(i["from_version"], i["to_version"]) for i in metrics["iterations"]] == [("v0000", "v0001"), ("v0001", "v0002")]
     for name in metrics["nodes"]:
-        assert iteration["swaps"][name]["to_version"] == "v0001"
         with TraceStore(smoke_run / "nodes" / name / "traces.db", readonly=True) as store:
-            new = list(store.iter_records(model_version="v0001"))
-        assert len(new) >= 2, f"{name} stored {len(new)} traces tagged v0001"
-        assert iteration["new_traces_by_node"][name] == len(new)
+            last = list(store.iter_records(model_version="v0002"))
+            middle = list(store.iter_records(model_version="v0001"))
+        for iteration in metrics["iterations"]:
+            assert iteration["swaps"][name]["to_version"] == iteration["to_version"]
+        # the probe traces of the last swap, and v0001's probes plus the second iteration's workload
+        assert len(last) >= 2 and metrics["iterations"][1]["new_traces_by_node"][name] == len(last)
+        assert len(middle) > metrics["iterations"][0]["new_traces_by_node"][name] >= 2
 
 
 def test_checkpoint_is_signed_by_the_trainer_and_ingest_verified_every_node(smoke_run):
@@ -105,11 +110,11 @@ def test_checkpoint_is_signed_by_the_trainer_and_ingest_verified_every_node(smok
 
 def test_report_and_plots_written(smoke_run):
     report = (smoke_run / "report.md").read_text()
-    assert "v0000 -> v0001" in report and "paired 95% CI" in report
+    assert "v0000 -> v0001" in report and "v0001 -> v0002" in report and "paired 95% CI" in report
     for name in ("traces_pairs.png", "federated_loss.png", "heldout_accuracy.png", "swap_pause.png"):
         assert (smoke_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((smoke_run / "metrics.json").read_text())
-    assert [e["version"] for e in metrics["evals"]] == ["v0000", "v0001"]
+    assert [e["version"] for e in metrics["evals"]] == ["v0000", "v0001", "v0002"]
     assert metrics["iterations"][0]["comparison"]["n_tasks"] == 16
 
 
