@@ -9,6 +9,18 @@ import copy
 import pytest
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Decodes and verification prefills run many times faster on one thread on a shared 2-core
+    machine (two threads that wait on each other stall every small op)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny(tiny_model_path):
     from inference.loading import load_model

@@ -48,15 +48,7 @@ def wait_stored(db: Path, ids: list[str], timeout: float = 60) -> None:
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Verification prefills run many times faster on one thread on this shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

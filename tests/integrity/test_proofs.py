@@ -28,13 +28,7 @@ TINY_REPLY_TOKENS = 66          # prompt chunk + 32 + 32 + a 1-row chunk: every 
 EMBEDDED_REPLY_TOKENS = 24      # prompt chunk + one decode chunk: enough, and decoding is the slow part
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Decodes and prefills run many times faster on one thread on this shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
