@@ -10,6 +10,10 @@ compares end-to-end latency. Prompts are real
 chitchat turns, some with PII. tiny-random makes a completion take milliseconds, so whatever
 capture costs on the request path shows; the embedded model hides it further. Target: p50 ratio
 local/off <= 1.02.
+
+`--proofs off` turns the local node's activation proofs off ([integrity] proofs, on by default):
+with them on, the local node also pays the proof's extra decode step per reply (issue 7's cost,
+about 1/max_tokens of a completion), which a consent-off node never builds.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-random")
     parser.add_argument("--requests", type=int, default=200, help="per node, after 10 warm-up requests")
     parser.add_argument("--tokens", type=int, default=16, help="max_tokens per completion")
+    parser.add_argument("--proofs", choices=["on", "off"], default="on",
+                        help="activation proofs on the consent-local node (the node default is on)")
     args = parser.parse_args()
     prompts = [t.messages[-1].content[:400] for t in chitchat_traces(args.requests + 10, seed=5)]
     prompts[::7] = [f"{p} -- reach me at someone{i}@example.com or +1 415 555 01{i % 100:02d}"
@@ -49,7 +55,8 @@ def main() -> None:
     limits = {"max_tokens_cap": args.tokens}
     with start_node(args.model, consent="off", workdir=work / "off", limits=limits) as off, \
             start_node(args.model, consent="off", workdir=work / "off2", limits=limits) as off2, \
-            start_node(args.model, consent="local", store=work / "local.db", workdir=work / "local", limits=limits) as local:
+            start_node(args.model, consent="local", store=work / "local.db", workdir=work / "local", limits=limits,
+                       config={"integrity": {"proofs": args.proofs == "on"}}) as local:
         clients = {"off": (off, off.client()), "off2": (off2, off2.client()), "local": (local, local.client())}
         latencies: dict[str, list[float]] = {name: [] for name in clients}
         ids = []
@@ -69,7 +76,8 @@ def main() -> None:
     with TraceStore(work / "local.db", readonly=True) as store:
         stored = sum(store.get_trace(i) is not None for i in ids)
     print(f"model {args.model}, {args.requests} requests per node (+10 warm-up), max_tokens {args.tokens}, "
-          f"three nodes in rotation (a second consent-off node measures the noise between two processes)")
+          f"three nodes in rotation (a second consent-off node measures the noise between two processes), "
+          f"activation proofs {args.proofs} on the local node")
     for name in ("off", "off2", "local"):
         values = latencies[name]
         print(f"  consent {name:5s}  p50 {percentile(values, 0.5)*1e3:7.2f} ms   p90 {percentile(values, 0.9)*1e3:7.2f} ms"
