@@ -176,8 +176,14 @@ def test_proofs_pass_fail_or_are_unverifiable(tiny, impostor, node_key):
         "text ids": verify_trace_proofs(from_text, models),
         "impostor": verify_trace_proofs(cheated, models),
         "no proof": verify_trace_proofs(make_trace(node_key, model, "Hi", ["Hello"]), models),
-        "redacted": verify_trace_proofs(honest.model_copy(update={"redaction": honest.redaction.model_copy(
-            update={"counts": {"EMAIL": 1}})}), models),
+        # the writer keeps the proofs when only metadata was redacted (the model never saw it) ...
+        "redacted metadata": verify_trace_proofs(honest.model_copy(update={
+            "metadata": {"task_id": "<SECRET_1>"}, "redaction": honest.redaction.model_copy(update={"counts": {"SECRET": 1}})}), models),
+        # ... and replaces them by markers when the text the model saw was redacted; a node that
+        # keeps a proof over text it changed fails
+        "redacted text, proof kept": verify_trace_proofs(honest.model_copy(update={
+            "messages": [m.model_copy(update={"content": "Tell me about <EMAIL_1>."}) for m in honest.messages],
+            "redaction": honest.redaction.model_copy(update={"counts": {"EMAIL": 1}})}), models),
         "other weights": verify_trace_proofs(proven_trace(tiny, node_key, "Hey", model=model, claim=other), models),
         "garbage": verify_trace_proofs(honest.model_copy(update={"proofs": [{"scheme": "nope"}]}), models),
         "marker": verify_trace_proofs(honest.model_copy(update={"proofs": [{"choice_index": 0, "proof": "redacted"}]}), models),
@@ -185,10 +191,10 @@ def test_proofs_pass_fail_or_are_unverifiable(tiny, impostor, node_key):
     }
     assert {k: o.status for k, o in outcomes.items()} == {
         "honest": "passed", "text ids": "passed", "impostor": "failed", "no proof": "unverifiable",
-        "redacted": "unverifiable", "other weights": "unverifiable", "garbage": "failed", "marker": "unverifiable",
+        "redacted metadata": "passed", "redacted text, proof kept": "failed", "other weights": "unverifiable", "garbage": "failed", "marker": "unverifiable",
         "no such choice": "failed"}
     assert "does not match" in outcomes["impostor"].reason
-    assert outcomes["redacted"].reason.startswith("redacted")
+    assert outcomes["marker"].reason.startswith("redacted")
 
 
 def test_proofs_run_on_the_base_with_the_adapter_off(tiny, node_key):
