@@ -32,6 +32,7 @@ from swarmloop.evaluation import Comparison, VersionEval, compare, evaluate_vers
 from swarmloop.loop_config import LoopConfig
 from swarmloop.node_process import NodeProcess, start_node
 from swarmloop.workload import NodeWorkloadResult, build_items, drive_node, held_out_conversations
+from traces.signing import TrustedKeys, load_or_create_key
 
 log = logging.getLogger("swarmloop.loop")
 
@@ -110,8 +111,6 @@ def node_config(config: LoopConfig, name: str, store: Path, registry: Path, admi
 
 def trainer_key(run_dir: Path) -> tuple[Path, Path]:
     """The trainer's signing key (created, 0600) and a trusted-keys file naming its public key."""
-    from traces.signing import TrustedKeys, load_or_create_key
-
     key_path = run_dir / "keys" / "trainer.key"
     key = load_or_create_key(key_path)
     trusted = run_dir / "keys" / "trusted-trainer.toml"
@@ -119,16 +118,8 @@ def trainer_key(run_dir: Path) -> tuple[Path, Path]:
     return key_path, trusted
 
 
-def key_id(key_path: Path) -> str:
-    from traces.signing import load_or_create_key
-
-    return load_or_create_key(key_path).node_id
-
-
 def collect_node_keys(nodes: list[NodeProcess], path: Path) -> Path:
     """The federation's allow-list: each node's public key (GET /admin/identity), named like the node."""
-    from traces.signing import TrustedKeys
-
     keys = {}
     for node in nodes:
         response = node.get("/admin/identity")
@@ -293,8 +284,10 @@ def run_loop(config: LoopConfig, *, show: Callable[[str], None] = print) -> Loop
                                                heldout_chat_path, signing_key, trusted_nodes)
                 fed = run_federation(config, fed_config)
                 record.federation = fed.model_dump(mode="json")
-                if signing_key is not None and fed.signed_by == key_id(signing_key):
-                    record.federation["signed_by_name"] = "trainer"
+                if trusted_trainer is not None and fed.signed_by:
+                    # the name the nodes' trusted-keys file gives the signer ("trainer")
+                    named = TrustedKeys.from_toml(trusted_trainer).by_node_id(fed.signed_by)
+                    record.federation["signed_by_name"] = named[0] if named else None
             if fed.version is None or fed.published is None:
                 raise RuntimeError(f"the federated run of iteration {iteration} published no checkpoint")
             record.to_version = fed.version

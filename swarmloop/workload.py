@@ -8,9 +8,10 @@ stores it with the trace and its verifier judges can later turn the samples into
 The simulated user checks each sample with the same verifier and tells the node which one was
 right (a `choice` feedback) or that the reply was wrong (thumbs down), as a person would; when
 no sample was right, a share of users (`task_correction_rate`) edit the reply into the answer
-instead (a `correction`, the strongest signal a user gives). On a share of chat replies (`chat_correction_rate`) the user edits the reply into what the real person
-of that conversation answered (a `correction` feedback, as in Open WebUI's edit): real human text,
-which the node's privacy filter redacts like any other.
+instead (a `correction`, the strongest signal a user gives). On a share of chat replies
+(`chat_correction_rate`) the user edits the reply into what the real person of that conversation
+answered (a `correction` feedback, as in Open WebUI's edit): real human text, which the node's
+privacy filter redacts like any other.
 """
 
 from __future__ import annotations
