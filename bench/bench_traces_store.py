@@ -49,6 +49,7 @@ import zstandard  # noqa: E402
 from inference.capture import TraceCapture, record_to_trace  # noqa: E402  (torch-free)
 from inference.hooks import CompletionChoice, CompletionRecord  # noqa: E402
 from traces.config import StoreSettings  # noqa: E402
+from traces.gcpause import paused_gc  # noqa: E402
 from traces.ingest import redact_traces  # noqa: E402
 from traces.redaction import PrivacyFilter  # noqa: E402
 from traces.samples import SAMPLE_MODEL, _chat_json_bytes, chitchat_excerpts, chitchat_traces  # noqa: E402
@@ -119,11 +120,13 @@ def warm_store(items, path: Path) -> float:
 
 
 def ingest_ours(items, path: Path, batch: int) -> None:
-    """Records are converted into Traces here, inside the timing, as the capture hook's writer does."""
+    """Records are converted into Traces here, inside the timing, as the capture hook's writer
+    does, with the collector paused for each batch as the writer pauses it (traces/gcpause.py)."""
     privacy = PrivacyFilter()
     with TraceStore(path) as store:
         for i in range(WARM, len(items), batch):
-            store.add_traces(redact_traces(privacy, as_traces(items[i:i + batch])))
+            with paused_gc():
+                store.add_traces(redact_traces(privacy, as_traces(items[i:i + batch])))
 
 
 def ingest_baseline(items, path: Path, batch: int) -> None:

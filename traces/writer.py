@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from traces.config import PrivacySettings, StoreSettings
+from traces.gcpause import paused_gc
 from traces.ingest import redact_feedback, redact_traces
 from traces.redaction import PrivacyFilter
 from traces.schemas import Feedback, Trace
@@ -196,7 +197,8 @@ class TraceWriter:
                     break
                 batch.append(item)
             if batch:
-                self._process(batch)
+                with paused_gc():      # the batch's objects die by refcount (traces/gcpause.py)
+                    self._process(batch)
             self._maybe_apply_retention()
 
     def _process(self, batch: list[tuple]) -> None:
