@@ -78,7 +78,8 @@ def fill_store(path: Path, node_id: str, examples: list[dict], identity: dict) -
     from traces.schemas import Choice, Message, ModelInfo, Trace
     from traces.store import TraceStore
 
-    path.unlink(missing_ok=True)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
     traces = [
         Trace(id=f"chatcmpl-{node_id}-{i}", node_id=node_id, model=ModelInfo(**identity), consent="share",
               messages=[Message(**m) for m in e["messages"]], choices=[Choice(index=0, text=e["reply"])])
@@ -137,6 +138,7 @@ def main() -> None:
     parser.add_argument("--aggregation", choices=["ffa", "svd"], default="ffa",
                         help="ffa: frozen shared A, B averaged (exact); svd: A and B trained, products averaged "
                              "and re-factorised (federated lr defaults to --lr)")
+    parser.add_argument("--no-central-ffa", action="store_true", help="skip the centralized FFA-LoRA reference run")
     parser.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"], default="fedavg")
     parser.add_argument("--server-lr", type=float, default=1.0, help="fedavgm / fedadam server learning rate")
     parser.add_argument("--server-momentum", type=float, default=0.9, help="fedavgm")
@@ -222,25 +224,29 @@ def main() -> None:
         gc.collect()  # one model in memory at a time
         return loss
 
-    same_setup = ("model", "nodes", "per_node", "rounds", "local_steps", "batch", "lr", "max_length")
+    # The baselines depend on the total steps (rounds x local steps), not on how they are split.
+    same_setup = ("model", "nodes", "per_node", "batch", "lr", "max_length")
     previous = {}
     if args.reuse_baselines and (out / "results.json").is_file():
         previous = json.loads((out / "results.json").read_text())
-        if any(previous.get(k) != getattr(args, k) for k in same_setup):
+        if any(previous.get(k) != getattr(args, k) for k in same_setup) \
+                or previous["rounds"] * previous["local_steps"] != steps:
             raise SystemExit("--reuse-baselines: OUT/results.json was measured with other settings")
     if previous:
         central_loss, alone = previous["loss"]["centralized"], previous["loss"]["alone"]
-        local_round = previous["local_training_round_s"]
+        local_round = previous["local_training_round_s"] if previous["local_steps"] == args.local_steps else None
     else:
+        local_round = None
         central_loss = trained_loss(pooled, batch=args.batch * args.nodes, ffa=False, lr=args.lr)
         alone = {f"node-{k}": trained_loss(sft_rows(rows), batch=args.batch, ffa=False, lr=args.lr)
                  for k, rows in enumerate(train)}
     # FFA-LoRA centralized: how much of the gap is FFA itself (svd trains A and B like the recipe)
-    central_ffa_loss = trained_loss(pooled, batch=args.batch * args.nodes, ffa=True, lr=fed_lr) if args.aggregation == "ffa" else None
+    central_ffa_loss = trained_loss(pooled, batch=args.batch * args.nodes, ffa=True, lr=fed_lr) \
+        if args.aggregation == "ffa" and not args.no_central_ffa else None
     print(f"centralized: recipe LoRA {central_loss:.4f}, FFA-LoRA {central_ffa_loss}")
     print("each node alone:", {k: round(v, 4) for k, v in alone.items()})
 
-    if not previous:
+    if local_round is None:
         # ---- overhead: the same local training alone, back to back in this process (model
         # loaded once, as the simulation's actor keeps it; the B tensors reset before each node)
         from datasets import Dataset
@@ -304,7 +310,8 @@ def main() -> None:
         "deployment_overhead": (deploy_round / local_round - 1) if deploy_round else None,
         "central_eval_s": statistics.median(h.get("eval_seconds", 0.0) for h in fed.history),
     }
-    variant = f"{args.aggregation}-{args.strategy}" + (f"-slr{args.server_lr:g}" if args.strategy != "fedavg" else "")
+    variant = (f"{args.aggregation}-{args.strategy}" + (f"-slr{args.server_lr:g}" if args.strategy != "fedavg" else "")
+               + f"-r{args.rounds}x{args.local_steps}")
     (out / f"results-{variant}-fedlr{fed_lr:g}.json").write_text(json.dumps(results, indent=1))
     if not previous:
         (out / "results.json").write_text(json.dumps(results, indent=1))

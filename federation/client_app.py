@@ -25,7 +25,7 @@ from flwr.clientapp import ClientApp
 
 from federation import protocol
 from federation.attacks import apply_attack
-from federation.dataset import NotEnoughData, node_dataset
+from federation.dataset import NotEnoughData, node_dataset, round_slice
 from federation.ingest import INGEST_KEY
 from federation.logs import get_logger
 from federation.protocol import ARRAYS_KEY, METRICS_KEY, NODE_KEY
@@ -156,10 +156,14 @@ def train_round(msg: Message, node: dict[str, Any]) -> Message:
     set_arrays(model, incoming)
 
     recipe = train_dpo if instructions.method == "dpo" else train_sft
+    hp = settings.dpo if instructions.method == "dpo" else settings.sft
+    per_round = instructions.local_steps * hp.per_device_train_batch_size * hp.gradient_accumulation_steps
+    # this round's examples: the next stretch of the node's epochs (one pass of local_steps)
+    round_rows = round_slice(dataset, instructions.round, per_round, instructions.seed)
     hooks = _proximal_hooks(model, incoming, instructions.proximal_mu) if instructions.proximal_mu > 0 else []
     started = time.perf_counter()
     try:
-        result = recipe(model, tokenizer, dataset, settings, max_steps=instructions.local_steps,
+        result = recipe(model, tokenizer, round_rows, settings, max_steps=instructions.local_steps,
                         learning_rate=instructions.lr, seed=round_seed)
     finally:
         for hook in hooks:

@@ -57,6 +57,29 @@ def node_dataset(path: Path | str, method: str, *, min_examples: int, max_exampl
     return dataset
 
 
+def round_slice(dataset: Any, round_number: int, per_round: int, seed: int) -> Any:
+    """The rows round `round_number` (1-based) trains on: the next `per_round` examples of the
+    node's walk through its data in epochs (each epoch a permutation drawn from `seed` + epoch).
+
+    Rounds continue where the previous one stopped, as a centralized run's steps do: every example
+    is seen once before any is seen twice. Drawing each round's batches afresh instead leaves about
+    an eighth of a node's examples unseen after three half-epoch rounds, and repeats others."""
+    import numpy as np
+
+    n = len(dataset)
+    if per_round <= 0 or n == 0:
+        return dataset
+    start = (round_number - 1) * per_round
+    indices: list[int] = []
+    epoch = start // n
+    offset = start - epoch * n
+    while len(indices) < per_round:
+        order = np.random.default_rng(seed + epoch).permutation(n)
+        indices.extend(int(i) for i in order[offset:offset + per_round - len(indices)])
+        epoch, offset = epoch + 1, 0
+    return dataset.select(indices)
+
+
 def eval_dataset(store: Path | None, data: Path | None, method: str, *, max_examples: int) -> Any | None:
     """The server's held-out set (first `max_examples` rows, fixed across rounds), or None."""
     if store is None and data is None:

@@ -550,6 +550,7 @@ class TraceStore:
             last = rows[-1][0] if rows else mark
             db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (f"{latest}:{last}",))
             remaining = db.execute("SELECT count(*) FROM traces WHERE seq > ?", (last,)).fetchone()[0]
+            dropped = self._drop_unused_dictionaries(latest) if remaining == 0 else 0
         vacuumed = False
         if vacuum and remaining == 0 and rows and self.slack_share() >= settings.compaction_vacuum_share:
             with self._lock:
@@ -557,7 +558,18 @@ class TraceStore:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             vacuumed = True
         return {"recompressed": len(rows), "remaining": remaining, "vacuumed": vacuumed,
-                "dictionary": latest}
+                "dictionary": latest, "dictionaries_dropped": dropped}
+
+    def _drop_unused_dictionaries(self, latest: int) -> int:
+        """Delete the dictionaries no record uses any more (each is ~100 KB: 10-20 B per trace in
+        a store of 10,000). Every record that names one keeps it, so all stay readable."""
+        used = {latest}
+        for table in ("traces", "feedback", "pairs"):
+            if self._has(table):
+                used.update(d for (d,) in self._db.execute(f"SELECT DISTINCT dict FROM {table}"))
+        stale = [d for (d,) in self._db.execute("SELECT id FROM dictionaries") if d not in used]
+        self._db.executemany("DELETE FROM dictionaries WHERE id = ?", [(d,) for d in stale])
+        return len(stale)
 
     # ------------------------------------------------------------------ reading traces
 

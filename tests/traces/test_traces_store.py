@@ -119,6 +119,13 @@ def test_dictionary_is_trained_from_the_nodes_records_and_old_ones_stay_readable
             assert reader.get_trace(trace.id) is not None                  # duplicates resolve too
         assert traces[0].id in stored and traces[-1].id in stored
         assert reader.integrity_check() == "ok"
+    # Compaction finished: every record is on dictionary 2, so dictionary 1 goes; all still read.
+    with TraceStore(db, settings=SMALL) as store:
+        result = store.compact()
+        assert result["remaining"] == 0 and result["dictionaries_dropped"] == 1
+        assert [d["id"] for d in store.stats()["dictionaries"]] == [2]
+        assert len(list(store.iter_records())) == kept + added
+        assert store.compact()["dictionaries_dropped"] == 0
 
 
 def test_a_long_lived_reader_reads_records_of_a_dictionary_trained_after_it_opened(db, chitchat, privacy):
