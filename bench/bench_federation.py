@@ -138,6 +138,10 @@ def main() -> None:
     parser.add_argument("--aggregation", choices=["ffa", "svd"], default="ffa",
                         help="ffa: frozen shared A, B averaged (exact); svd: A and B trained, products averaged "
                              "and re-factorised (federated lr defaults to --lr)")
+    parser.add_argument("--schedule", choices=["constant", "linear"], default="constant",
+                        help="constant: one rate everywhere; linear: the recipe's default decay to 0 over the "
+                             "R·k steps for centralized and node-alone runs, and for the federation the same "
+                             "decay per round (each round at the mean rate of its k steps in that decay)")
     parser.add_argument("--no-central-ffa", action="store_true", help="skip the centralized FFA-LoRA reference run")
     parser.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"], default="fedavg")
     parser.add_argument("--server-lr", type=float, default=1.0, help="fedavgm / fedadam server learning rate")
@@ -163,7 +167,18 @@ def main() -> None:
     identity = {"ref": resolved.ref, "version": resolved.version, "weights_sha256": resolved.weights_sha256}
     overrides = {"sft.per_device_train_batch_size": args.batch, "sft.max_length": args.max_length,
                  "sft.lr_scheduler_type": "constant", "lora.dropout": 0.0, "eval.max_length": args.max_length}
+    fed_overrides = dict(overrides)          # within a round the rate is constant; [schedule] moves it
+    if args.schedule == "linear":
+        overrides["sft.lr_scheduler_type"] = "linear"
     settings = load_training_settings(None, overrides)
+    total_steps = args.rounds * args.local_steps
+    if args.schedule == "linear":
+        # round r's rate: the mean of the linear decay over its steps (r-1)·k .. r·k-1, so the
+        # federation walks the centralized run's schedule round by round (linear across rounds).
+        block_mean = lambda r: fed_lr * (1 - ((r - 1) * args.local_steps + (args.local_steps - 1) / 2) / total_steps)  # noqa: E731
+        fed_schedule = {"kind": "linear", "lr": block_mean(1), "min_lr": block_mean(args.rounds)}
+    else:
+        fed_schedule = {"kind": "constant", "lr": fed_lr}
     # One thread everywhere: the simulation runs its nodes one after another in one Ray actor of
     # one core, the baseline the same local training back to back in this process (on a shared
     # machine two threads that wait on each other are far slower than one).
@@ -187,9 +202,9 @@ def main() -> None:
             "base": args.model, "method": "sft", "rounds": rounds,
             "run": {"dir": str(out / run), "resume": False},
             "nodes": stores,
-            "client": {"local_steps": args.local_steps, "min_examples": 1, "training_overrides": overrides},
+            "client": {"local_steps": args.local_steps, "min_examples": 1, "training_overrides": fed_overrides},
             "lora": {"aggregation": args.aggregation},
-            "schedule": {"kind": "constant", "lr": fed_lr},
+            "schedule": fed_schedule,
             "strategy": {"name": args.strategy, "server_lr": args.server_lr, "server_momentum": args.server_momentum,
                          "round_timeout_s": 3600},
             "robust": {"max_norm_ratio": None, "min_cosine": None},   # plain FedAvg: what is compared
@@ -225,11 +240,11 @@ def main() -> None:
         return loss
 
     # The baselines depend on the total steps (rounds x local steps), not on how they are split.
-    same_setup = ("model", "nodes", "per_node", "batch", "lr", "max_length")
+    same_setup = ("model", "nodes", "per_node", "batch", "lr", "max_length", "schedule")
     previous = {}
     if args.reuse_baselines and (out / "results.json").is_file():
         previous = json.loads((out / "results.json").read_text())
-        if any(previous.get(k) != getattr(args, k) for k in same_setup) \
+        if any(previous.get(k, "constant" if k == "schedule" else None) != getattr(args, k) for k in same_setup) \
                 or previous["rounds"] * previous["local_steps"] != steps:
             raise SystemExit("--reuse-baselines: OUT/results.json was measured with other settings")
     if previous:
@@ -295,7 +310,8 @@ def main() -> None:
                  "centralized_ffa": central_ffa_loss, "alone": alone},
         "improvement_ratio_vs_centralized": improvement(fed_loss) / improvement(central_loss),
         "improvement_ratio_vs_centralized_ffa": improvement(fed_loss) / improvement(central_ffa_loss) if central_ffa_loss else None,
-        "aggregation": args.aggregation, "strategy": args.strategy,
+        "aggregation": args.aggregation, "strategy": args.strategy, "schedule": args.schedule,
+        "fed_schedule": fed_schedule,
         "server_lr": args.server_lr if args.strategy != "fedavg" else None,
         "server_momentum": args.server_momentum if args.strategy == "fedavgm" else None,
         "svd_error": [h.get("svd_error") for h in fed.history] if args.aggregation == "svd" else None,
@@ -311,7 +327,7 @@ def main() -> None:
         "central_eval_s": statistics.median(h.get("eval_seconds", 0.0) for h in fed.history),
     }
     variant = (f"{args.aggregation}-{args.strategy}" + (f"-slr{args.server_lr:g}" if args.strategy != "fedavg" else "")
-               + f"-r{args.rounds}x{args.local_steps}")
+               + f"-r{args.rounds}x{args.local_steps}" + ("-linear" if args.schedule == "linear" else ""))
     (out / f"results-{variant}-fedlr{fed_lr:g}.json").write_text(json.dumps(results, indent=1))
     if not previous:
         (out / "results.json").write_text(json.dumps(results, indent=1))
