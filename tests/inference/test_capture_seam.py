@@ -128,8 +128,10 @@ def test_full_queue_is_a_429_in_the_openai_shape(tiny_loaded):
     limits = LimitsConfig(max_batch_size=1, max_n=1, queue_size=1, max_tokens_cap=2000, default_max_tokens=16)
     config = NodeConfig(model={"ref": "tiny-random", "dtype": "float32"}, limits=limits)
     with serve(create_app(config, loaded=tiny_loaded)) as base:
-        body = {"model": "tiny-random", "messages": [{"role": "user", "content": "long"}], "max_tokens": 2000,
-                "stream": True}
+        # greedy: a sampled end-of-sequence token could end the holding row before the second
+        # request queues (seen once in CI-like load); this prompt greedily runs to max_tokens
+        body = {"model": "tiny-random", "messages": [{"role": "user", "content": "go on"}], "max_tokens": 2000,
+                "stream": True, "temperature": 0}
         with httpx.stream("POST", base + "/v1/chat/completions", json=body, timeout=120) as holder:
             lines = holder.iter_lines()
             next(line for line in lines if '"content":"' in line and '"content":""' not in line)  # holds the row
