@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--skip-deploy", action="store_true")
     parser.add_argument("--aggregation", choices=["ffa", "svd"], default="ffa",
                         help="ffa: frozen shared A, B averaged (exact); svd: A and B trained, products averaged "
-                             "and re-factorised (federated lr defaults to --lr)")
+                             "and re-factorised")
     parser.add_argument("--schedule", choices=["constant", "linear"], default="constant",
                         help="constant: one rate everywhere; linear: the recipe's default decay to 0 over the "
                              "R·k steps for centralized and node-alone runs, and for the federation the same "

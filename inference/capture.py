@@ -53,9 +53,8 @@ def _content_text(content: Any) -> str:
 def record_to_trace(record: CompletionRecord, node_id: str, consent: str) -> Trace:
     """The unredacted Trace of a CompletionRecord (the writer redacts it before storing).
 
-    Built as plain data and validated in one call: pydantic-core builds the nested models in
-    Rust, about 1.5x faster than constructing each Message and Choice in Python, and with fewer
-    short-lived objects for the garbage collector (this runs once per stored trace)."""
+    Built as plain data and validated in one call, so pydantic-core builds the nested models
+    itself instead of one Python constructor call per message and choice."""
     request = record.request
     metadata = {k: str(v) for k, v in (request.get("metadata") or {}).items() if k != OPT_OUT_METADATA_KEY}
     messages = [{"role": m["role"], "content": _content_text(m.get("content"))} for m in request["messages"]]

@@ -135,8 +135,6 @@ def parse_redaction_column(value: str | None) -> dict[str, int]:
 _ROLE_CODES = {"system": "s", "developer": "d", "user": "u", "assistant": "a", "tool": "t"}
 # One encoder for all records: json.dumps with non-default arguments builds a new one per call.
 _to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-# The trace header goes through pydantic-core's Rust serializer instead: the same compact UTF-8
-# JSON (floats round-trip exactly) in a fifth of the time, once per stored trace.
 _ROLE_NAMES = {code: role for role, code in _ROLE_CODES.items()}
 
 
@@ -170,6 +168,8 @@ def encode_trace(trace: Trace) -> tuple[bytes, bytes]:
         header["sg"] = trace.signer
     if [c.index for c in trace.choices] != list(range(len(trace.choices))):
         header["ci"] = [c.index for c in trace.choices]
+    # pydantic-core's serializer: the same compact UTF-8 JSON as _to_json (floats round-trip) in a
+    # fifth of the time, and this runs once per stored trace
     head = to_json(header)
     text = "".join(texts).encode("utf-8", "surrogatepass")
     payload = len(head).to_bytes(4, "little") + head + text
