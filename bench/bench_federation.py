@@ -144,6 +144,8 @@ def main() -> None:
                              "decay per round (each round at the mean rate of its k steps in that decay)")
     parser.add_argument("--no-central-ffa", action="store_true", help="skip the centralized FFA-LoRA reference run")
     parser.add_argument("--strategy", choices=["fedavg", "fedavgm", "fedadam"], default="fedavg")
+    parser.add_argument("--keep-optimizer-state", action="store_true",
+                        help="each node carries its AdamW state from one round to its next")
     parser.add_argument("--server-lr", type=float, default=1.0, help="fedavgm / fedadam server learning rate")
     parser.add_argument("--server-momentum", type=float, default=0.9, help="fedavgm")
     args = parser.parse_args()
@@ -202,7 +204,8 @@ def main() -> None:
             "base": args.model, "method": "sft", "rounds": rounds,
             "run": {"dir": str(out / run), "resume": False},
             "nodes": stores,
-            "client": {"local_steps": args.local_steps, "min_examples": 1, "training_overrides": fed_overrides},
+            "client": {"local_steps": args.local_steps, "min_examples": 1, "training_overrides": fed_overrides,
+                       "keep_optimizer_state": args.keep_optimizer_state},
             "lora": {"aggregation": args.aggregation},
             "schedule": fed_schedule,
             "strategy": {"name": args.strategy, "server_lr": args.server_lr, "server_momentum": args.server_momentum,
@@ -310,7 +313,7 @@ def main() -> None:
                  "centralized_ffa": central_ffa_loss, "alone": alone},
         "improvement_ratio_vs_centralized": improvement(fed_loss) / improvement(central_loss),
         "improvement_ratio_vs_centralized_ffa": improvement(fed_loss) / improvement(central_ffa_loss) if central_ffa_loss else None,
-        "aggregation": args.aggregation, "strategy": args.strategy, "schedule": args.schedule,
+        "aggregation": args.aggregation, "keep_optimizer_state": args.keep_optimizer_state, "strategy": args.strategy, "schedule": args.schedule,
         "fed_schedule": fed_schedule,
         "server_lr": args.server_lr if args.strategy != "fedavg" else None,
         "server_momentum": args.server_momentum if args.strategy == "fedavgm" else None,
@@ -327,7 +330,8 @@ def main() -> None:
         "central_eval_s": statistics.median(h.get("eval_seconds", 0.0) for h in fed.history),
     }
     variant = (f"{args.aggregation}-{args.strategy}" + (f"-slr{args.server_lr:g}" if args.strategy != "fedavg" else "")
-               + f"-r{args.rounds}x{args.local_steps}" + ("-linear" if args.schedule == "linear" else ""))
+               + f"-r{args.rounds}x{args.local_steps}" + ("-linear" if args.schedule == "linear" else "")
+               + ("-carry" if args.keep_optimizer_state else ""))
     (out / f"results-{variant}-fedlr{fed_lr:g}.json").write_text(json.dumps(results, indent=1))
     if not previous:
         (out / "results.json").write_text(json.dumps(results, indent=1))

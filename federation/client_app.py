@@ -125,7 +125,9 @@ def check_ingest(instructions: protocol.RoundInstructions, node: dict[str, Any],
     return report
 
 
-def train_round(msg: Message, node: dict[str, Any]) -> Message:
+def train_round(msg: Message, node: dict[str, Any], node_state: RecordDict | None = None) -> Message:
+    """One node's local round. `node_state` is the node's Flower Context.state (kept across
+    rounds on the node); the optimizer state lives there when the server asks to keep it."""
     from federation.models import get_arrays, set_arrays
     from training.dpo import train_dpo
     from training.sft import train_sft
@@ -133,7 +135,8 @@ def train_round(msg: Message, node: dict[str, Any]) -> Message:
     instructions = protocol.RoundInstructions.from_record(msg.content["config"])
     name = str(node[protocol.NODE_NAME])
     round_seed = instructions.seed + instructions.round
-    empty_metrics = {"num-examples": 0, "skipped": 1, "train-loss": 0.0, "steps": 0, "seconds": 0.0, "lr": instructions.lr}
+    empty_metrics = {"num-examples": 0, "skipped": 1, "train-loss": 0.0, "steps": 0, "optimizer-steps": 0,
+                     "seconds": 0.0, "lr": instructions.lr}
     try:
         dataset = node_dataset(
             node[protocol.NODE_DATA_PATH], instructions.method, min_examples=instructions.min_examples,
@@ -161,14 +164,26 @@ def train_round(msg: Message, node: dict[str, Any]) -> Message:
     # this round's examples: the next stretch of the node's epochs (one pass of local_steps)
     round_rows = round_slice(dataset, instructions.round, per_round, instructions.seed)
     hooks = _proximal_hooks(model, incoming, instructions.proximal_mu) if instructions.proximal_mu > 0 else []
+    carry = None
+    if instructions.keep_optimizer_state and node_state is not None:
+        from federation.optimizer_state import CarryOptimizerState, load_optimizer_state
+
+        carry = CarryOptimizerState(load_optimizer_state(node_state))
     started = time.perf_counter()
     try:
         result = recipe(model, tokenizer, round_rows, settings, max_steps=instructions.local_steps,
-                        learning_rate=instructions.lr, seed=round_seed)
+                        learning_rate=instructions.lr, seed=round_seed, callbacks=[carry] if carry else None)
     finally:
         for hook in hooks:
             hook.remove()
     seconds = time.perf_counter() - started
+    steps = int(result.metrics.get("steps", 0))
+    optimizer_steps = steps   # the step count of this node's AdamW: this round's, or all its rounds' when carried
+    if carry is not None:
+        from federation.optimizer_state import store_optimizer_state
+
+        store_optimizer_state(node_state, carry.saved)
+        optimizer_steps = max((int(entry["step"]) for entry in (carry.saved or {}).values()), default=steps)
 
     update = get_arrays(result.model, names)
     attack = str(node.get(protocol.NODE_ATTACK, "none"))
@@ -178,12 +193,13 @@ def train_round(msg: Message, node: dict[str, Any]) -> Message:
         "num-examples": len(dataset),
         "skipped": 0,
         "train-loss": float(result.metrics.get("train_loss", float("nan"))),
-        "steps": int(result.metrics.get("steps", 0)),
+        "steps": steps,
+        "optimizer-steps": optimizer_steps,
         "seconds": round(seconds, 3),
         "lr": instructions.lr,
     }
-    log.info("node %s round %d: %d examples, %d steps, loss %.4f, %.1f s", name, instructions.round,
-             metrics["num-examples"], metrics["steps"], metrics["train-loss"], seconds)
+    log.info("node %s round %d: %d examples, %d steps (optimizer at step %d), loss %.4f, %.1f s", name,
+             instructions.round, metrics["num-examples"], metrics["steps"], optimizer_steps, metrics["train-loss"], seconds)
     return _reply(msg, name, update, metrics, ingest=ingest)
 
 
@@ -217,7 +233,7 @@ def make_client_app(overrides: dict[int, dict[str, Any]] | None = None) -> Clien
 
     @client.train()
     def train(msg: Message, context: Context) -> Message:
-        return train_round(msg, node_settings(context, overrides))
+        return train_round(msg, node_settings(context, overrides), context.state)
 
     @client.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

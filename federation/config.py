@@ -73,6 +73,10 @@ class ClientSection(_Strict):
     # i.e. rejection-sampling fine-tuning; False also trains on unrated replies, which drifts the
     # model towards its own outputs (measured in the loop: held-out chat loss went up).
     sft_approved_only: bool = False
+    # Keep each node's AdamW moments and step counts from one round to its next (in the node's
+    # Flower Context.state; nothing extra travels) instead of restarting the optimizer every
+    # round (federation/optimizer_state.py).
+    keep_optimizer_state: bool = False
     # Training hyperparameters (batch size, max length, LoRA rank, DPO beta...): a training TOML
     # (None: configs/training.toml) with dotted overrides on top, e.g. {"lora.r" = 4}. The server
     # sends the result with each round, so every node trains with the same settings.

@@ -45,6 +45,7 @@ class RoundInstructions(BaseModel):
     base_sha256: str
     base_version: str = ""            # the rows to use were served by this version ("" = all)
     sft_approved_only: bool = False   # SFT rows: only replies a user approved
+    keep_optimizer_state: bool = False  # carry the node's AdamW state to its next round
     seed: int
     round: int = 0
     lr: float = 0.0
@@ -95,6 +96,7 @@ def round_config(
         # which traces' rows to train on: for DPO (by default) only those the base served
         "base-version": base_version if (config.method == "dpo" and config.client.dpo_pairs_from_base) else "",
         "sft-approved-only": config.client.sft_approved_only,
+        "keep-optimizer-state": config.client.keep_optimizer_state,
         "seed": seed,
         "integrity-trusted-keys": trusted_node_keys,
         "integrity-require-signatures": integrity.require_signatures,

@@ -202,7 +202,8 @@ class SwarmStrategy(Strategy):
             name = reply_node_name(reply)
             metrics = reply_metrics(reply)
             info: dict[str, Any] = {"examples": int(metrics.get("num-examples", 0)), "train_loss": metrics.get("train-loss"),
-                                    "steps": int(metrics.get("steps", 0)), "seconds": metrics.get("seconds")}
+                                    "steps": int(metrics.get("steps", 0)), "optimizer_steps": int(metrics.get("optimizer-steps", 0)),
+                                    "seconds": metrics.get("seconds")}
             nodes[name] = info
             ingest = reply.content.config_records.get(INGEST_KEY)
             if ingest is not None:

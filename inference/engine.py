@@ -98,6 +98,7 @@ class GenerationHandle:
         self._finished = threading.Event()
         self._rows: list = []                      # the scheduler's rows of this request
         self._final: Completed | Failed | None = None
+        self._replied: GenerationResult | None = None  # the reply, when sent before the proof's tail step
 
     @property
     def n(self) -> int:
@@ -111,24 +112,30 @@ class GenerationHandle:
     def done(self) -> bool:
         return self._finished.is_set()
 
+    @property
+    def replied(self) -> bool:
+        """The consumer has its reply: done, or answered before the proof's tail step ran."""
+        return self._replied is not None or self.done
+
     def cancel(self) -> None:
         """Stop generating for this request; its rows leave the batch at the next step."""
         self._cancelled.set()
 
     # -- called by the scheduler thread --
+    def _reply_early(self, result: GenerationResult) -> None:
+        """Hand the consumer its Completed reply now; `_final`, `done` and on_done follow once
+        the proof's tail step has delivered the last hidden states to the request's sink."""
+        self._replied = result
+        self._deliver(Completed(result))
+
     def _emit(self, event: Event) -> None:
         final = isinstance(event, (Completed, Failed))
         if final:
             self._final = event
         elif not self._stream:
             return  # nobody reads per-token events: spare the consumer's thread the wake-ups
-        if self._async_queue is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._async_queue.put_nowait, event)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
-        else:
-            self._sync_queue.put(event)
+        if self._replied is None:
+            self._deliver(event)
         if final:
             self._finished.set()
             if self._on_done is not None:
@@ -136,6 +143,15 @@ class GenerationHandle:
                     self._on_done(self)
                 except Exception:  # a caller's callback must not kill the scheduler
                     log.exception("on_done callback failed")
+
+    def _deliver(self, event: Event) -> None:
+        if self._async_queue is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._async_queue.put_nowait, event)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
+        else:
+            self._sync_queue.put(event)
 
     # -- consumers --
     def events(self) -> Iterator[Event]:
@@ -681,6 +697,7 @@ class GenerationEngine:
             row.handle._emit(ChoiceFinished(row.index, reason))
             if row.handle.request.capture_hidden:
                 row.state = "tail"
+                self._reply_before_tail(row.handle)
             else:
                 self._row_done(row)
 
@@ -703,7 +720,21 @@ class GenerationEngine:
         if all(r.state == "done" for r in handle._rows):
             self._complete(handle, handle._rows)
 
+    def _reply_before_tail(self, handle: GenerationHandle) -> None:
+        """When every choice has its last token and the hidden states go to a sink (the node
+        server's proofs), the reply goes out now: the tail step that feeds the last tokens once
+        more only completes the proof, which the trace writer finishes off the request path."""
+        if handle.request.hidden_sink is None or handle._replied is not None:
+            return
+        if all(row.state in ("tail", "done") for row in handle._rows):
+            handle._reply_early(self._result(handle, handle._rows))
+
     def _complete(self, handle: GenerationHandle, rows: list[_Row]) -> None:
+        self._stats.requests_completed += 1
+        result = handle._replied if handle._replied is not None else self._result(handle, rows)
+        handle._emit(Completed(result))
+
+    def _result(self, handle: GenerationHandle, rows: list[_Row]) -> GenerationResult:
         import torch
 
         choices = []
@@ -713,10 +744,8 @@ class GenerationEngine:
                 generated = torch.cat(row.hidden_generated) if row.hidden_generated else row.hidden_prompt[:0]
                 hidden = HiddenStates(prompt=row.hidden_prompt, generated=generated)
             choices.append(ChoiceResult(row.index, row.text, row.finish_reason or "cancelled", row.token_ids, hidden))
-        self._stats.requests_completed += 1
-        result = GenerationResult(handle.request.request_id, choices, handle.prompt_ids, handle.identity or self.identity,
-                                  handle.submitted_at, handle.first_token_at, time.monotonic())
-        handle._emit(Completed(result))
+        return GenerationResult(handle.request.request_id, choices, handle.prompt_ids, handle.identity or self.identity,
+                                handle.submitted_at, handle.first_token_at, time.monotonic())
 
     @staticmethod
     def _remove_done(batch: _Batch) -> None:

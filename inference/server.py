@@ -498,7 +498,7 @@ def create_app(config: NodeConfig | None = None, *, capture_hook: CaptureHook | 
                     yield _sse(error_body(str(event.error), "server_error"))
             yield _sse("[DONE]")
         finally:
-            if not handle.done:  # client disconnected mid-stream: its rows leave the batch
+            if not handle.replied:  # client disconnected mid-stream: its rows leave the batch
                 handle.cancel()
 
     def model_card(identity: ModelIdentity) -> ModelCard:

@@ -29,7 +29,9 @@ def test_simulation_two_rounds_sft_builds_a_verified_checkpoint(tmp_path):
               ("node-b", fill_store(tmp_path / "b.db", "node-b", 8)),
               ("node-c", fill_store(tmp_path / "c.db", "node-c", 2))]     # too little data: sits out
     eval_store = fill_store(tmp_path / "eval.db", "eval", 6)
-    config = _config(base_config(tmp_path, stores, rounds=2, eval_store=eval_store))
+    # each node carries its AdamW state from round 1 to round 2 (federation/optimizer_state.py)
+    config = _config(base_config(tmp_path, stores, rounds=2, eval_store=eval_store,
+                                 client={"keep_optimizer_state": True}))
 
     result = run_simulation(config)
 
@@ -49,6 +51,8 @@ def test_simulation_two_rounds_sft_builds_a_verified_checkpoint(tmp_path):
         assert record["aggregated"] and record["nodes"]["node-c"]["status"] == "skipped"
         assert {n for n, i in record["nodes"].items() if i["status"] == "used"} == {"node-a", "node-b"}
         assert 0 < record["bytes"]["up_bytes"] < manifest.communication["full_checkpoint_bytes"]
+        # the optimizer's step count continues across rounds: 2 local steps a round
+        assert [record["nodes"][n]["optimizer_steps"] for n in ("node-a", "node-b")] == [2 * record["round"]] * 2
     # the global adapter moved the held-out loss, and the learning rate followed the cosine schedule
     assert result.eval["loss"] != result.baseline_eval["loss"]
     assert result.history[1]["lr"] > result.history[2]["lr"]
@@ -126,3 +130,5 @@ def test_crashed_run_resumes_at_the_next_round(tmp_path):
     assert [h["round"] for h in result.history] == [0, 1, 2]
     assert result.history[1] == round_one            # round 1 is the crashed run's, not redone
     assert result.history[2]["aggregated"]
+    # without client.keep_optimizer_state each round starts a fresh optimizer
+    assert {info["optimizer_steps"] for info in result.history[2]["nodes"].values()} == {2}

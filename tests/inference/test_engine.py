@@ -183,6 +183,32 @@ def test_hidden_sink_streams_rows_in_position_order(tiny_engine):
     assert rows[0].shape[0] == result.prompt_tokens
 
 
+def test_reply_goes_out_before_the_proofs_tail_step(tiny_engine):
+    """With a hidden sink (the node's proofs), the consumer gets its reply as soon as the last
+    token is sampled; done and on_done follow once the tail step fed that token to the sink."""
+    gate, tail_reached = threading.Event(), threading.Event()
+    received: list[int] = []
+    finished: list = []
+
+    def sink(index: int, states: torch.Tensor) -> None:
+        received.append(states.shape[0])
+        if len(received) == 4:            # prefill, 2 decode steps, then the tail step
+            tail_reached.set()
+            gate.wait(30)
+
+    request = GenerationRequest(messages=[{"role": "user", "content": "early"}],
+                                params=SamplingParams(max_tokens=3, seed=5), capture_hidden=True, hidden_sink=sink)
+    handle = tiny_engine.submit(request, stream=False, on_done=lambda h: finished.append(h._final.result))
+    reply = next(handle.events())
+    assert isinstance(reply, Completed) and len(reply.result.choices[0].token_ids) == 3
+    assert tail_reached.wait(30)
+    assert handle.replied and not handle.done and finished == []    # the tail step is still held
+    gate.set()
+    assert handle.result(30) is reply.result
+    assert finished == [reply.result]
+    assert sum(received) == reply.result.prompt_tokens + 3
+
+
 def test_swap_takes_effect_between_batches(tiny_engine, tiny_loaded, other_tiny_loaded):
     swapped = other_tiny_loaded
     assert swapped.identity.weights_sha256 != tiny_loaded.identity.weights_sha256
