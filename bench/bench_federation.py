@@ -148,6 +148,9 @@ def main() -> None:
                         help="each node carries its AdamW state from one round to its next")
     parser.add_argument("--server-lr", type=float, default=1.0, help="fedavgm / fedadam server learning rate")
     parser.add_argument("--server-momentum", type=float, default=0.9, help="fedavgm")
+    parser.add_argument("--central-sweep", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                        metavar="LR,LR,...", help="only train the centralized recipe at these rates (same data and "
+                        "schedule) and write OUT/central-sweep-SCHEDULE.json: how good the best-tuned baseline is")
     args = parser.parse_args()
     if args.quick:
         args.model, args.per_node, args.eval_per_node, args.rounds, args.local_steps = "tiny-random", 16, 4, 2, 3
@@ -222,6 +225,24 @@ def main() -> None:
     baseline_loss = heldout(base.model, base.tokenizer, eval_set, settings)
     del base
     print(f"base held-out loss {baseline_loss:.4f}")
+
+    if args.central_sweep:
+        import gc
+
+        from datasets import Dataset  # noqa: F401  (train_alone's import, here so failures show early)
+
+        pooled_rows = [row for rows in train for row in sft_rows(rows)]
+        sweep_path = out / f"central-sweep-{args.schedule}.json"
+        sweep = json.loads(sweep_path.read_text()) if sweep_path.is_file() else {}
+        for lr in args.central_sweep:
+            model, tok, _ = train_alone(args.model, pooled_rows, settings, steps=args.rounds * args.local_steps,
+                                        batch=args.batch * args.nodes, lr=lr, ffa=False, seed=1)
+            sweep[f"{lr:g}"] = heldout(model, tok, eval_set, settings)
+            del model
+            gc.collect()
+            print(f"centralized recipe, {args.schedule} lr {lr:g}: held-out loss {sweep[f'{lr:g}']:.4f}")
+            sweep_path.write_text(json.dumps({"base": baseline_loss, **sweep}, indent=1))
+        return
 
     # ---- federated (simulation)
     started = time.perf_counter()

@@ -208,9 +208,16 @@ def main() -> None:
     rate = report("ours: convert + filter + store (one core)", m,
                   best(lambda p: ingest_baseline(records, p, args.batch), "baseline-c"),
                   best(lambda p: ingest_ours(records, p, args.batch), "ours-c", warm_with=records))
+    # The same excerpts as ready Traces (what the writer holds after the capture hook's conversion):
+    # filter + store alone, as the conversation and exchange workloads below are measured.
+    ready = convert(records)
+    ready_rate = report("ours: filter + store, ready Traces (one core)", m,
+                        best(lambda p: ingest_baseline(ready, p, args.batch), "baseline-r"),
+                        best(lambda p: ingest_ours(ready, p, args.batch), "ours-r", warm_with=ready))
     wall_c, _ = best(lambda p: ingest_capture(records, p), "capture", warm_with=records)
     print(f"  {'ours: TraceCapture.on_completion end to end':44s} wall {m/wall_c:9,.0f}/s  (request + writer threads)")
-    print(f"  target >= 20,000/s: {'met' if rate >= 20_000 else 'NOT met'} (cpu, convert + filter + store)")
+    print(f"  target >= 20,000/s: {'met' if rate >= 20_000 else 'NOT met'} with the conversion (convert + filter + store),"
+          f" {'met' if ready_rate >= 20_000 else 'NOT met'} for filter + store (cpu)")
 
     # (a2) whole conversations, ready Traces.
     n = len(traces) - WARM

@@ -55,34 +55,63 @@ def find_injective_modulus(indices: np.ndarray) -> int:
 def interpolate(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Coefficients (lowest degree first) of the polynomial of degree < len(xs) through (xs, ys) mod PRIME.
 
-    Newton divided differences, then expansion to the monomial basis: O(k^2) in k vector steps."""
+    Lagrange in a few whole-array steps (the node builds one per chunk on its scheduler thread, so
+    the count of numpy calls matters more than the O(k^2) work): with M = prod (X - x_i) and
+    weights w_i = 1 / M'(x_i), the coefficients are c_j = sum_s m_{s+j+1} z_s where
+    z_s = sum_i w_i y_i x_i^s. Every product of two field elements is < 2**32 and every sum of k of
+    them < 2**63, so int64 arithmetic is exact."""
     xs = np.asarray(xs, dtype=np.int64) % PRIME
-    coef = np.asarray(ys, dtype=np.int64) % PRIME
+    ys = np.asarray(ys, dtype=np.int64) % PRIME
     k = xs.size
-    inverse = _inverse_table()
-    coef = coef.copy()
-    for j in range(1, k):
-        denominators = (xs[j:] - xs[: k - j]) % PRIME
-        coef[j:] = (coef[j:] - coef[j - 1 : k - 1]) % PRIME * inverse[denominators] % PRIME
-    # Horner in the Newton basis: poly = (...(c[k-1](X - x[k-2]) + c[k-2])(X - x[k-3]) ...) + c[0]
-    poly = np.zeros(k, dtype=np.int64)
-    poly[0] = coef[k - 1]
-    for i in range(k - 2, -1, -1):
-        shifted = np.empty_like(poly)
-        shifted[0] = 0
-        shifted[1:] = poly[:-1]
-        poly = (shifted - xs[i] * poly) % PRIME
-        poly[0] = (poly[0] + coef[i]) % PRIME
-    return poly
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    master = _poly_from_roots(xs)                                  # k + 1 coefficients, monic
+    powers = _powers(xs, k)                                        # powers[i, s] = x_i ** s
+    derivative = master[1:] * np.arange(1, k + 1) % PRIME
+    weights = _inverse_table()[(powers @ derivative) % PRIME]      # distinct xs: M'(x_i) != 0
+    z = (powers.T @ (ys * weights % PRIME)) % PRIME
+    return np.correlate(master[1:], z, "full")[k - 1:] % PRIME
+
+
+def _poly_from_roots(roots: np.ndarray) -> np.ndarray:
+    """prod (X - r) mod PRIME, lowest degree first, by pairwise products of the factors (log2 k
+    levels; each product is a batch of outer products summed along their anti-diagonals)."""
+    k = roots.size
+    n = 1 << max(0, (k - 1).bit_length())
+    polys = np.zeros((n, 2), dtype=np.int64)
+    polys[:, 0] = 1                                                # padding factors: the constant 1
+    polys[:k, 0] = (-roots) % PRIME
+    polys[:k, 1] = 1
+    while polys.shape[0] > 1:
+        a, b = polys[0::2], polys[1::2]
+        pairs, length = a.shape
+        padded = np.zeros((pairs, length, 2 * length), dtype=np.int64)
+        np.multiply(a[:, :, None], b[:, None, :], out=padded[:, :, :length])
+        # row i of the flattened, re-cut array is shifted right by i: column t sums a_i * b_(t-i)
+        skewed = padded.reshape(pairs, -1)[:, : length * (2 * length - 1)].reshape(pairs, length, 2 * length - 1)
+        polys = skewed.sum(axis=1) % PRIME
+    return polys[0, : k + 1]
+
+
+def _powers(xs: np.ndarray, k: int) -> np.ndarray:
+    """[len(xs), k] matrix of xs ** s mod PRIME, s < k, by doubling the columns."""
+    powers = np.empty((xs.size, k), dtype=np.int64)
+    powers[:, 0] = 1
+    width, step = 1, xs % PRIME                                    # step = xs ** width
+    while width < k:
+        end = min(2 * width, k)
+        np.remainder(powers[:, : end - width] * step[:, None], PRIME, out=powers[:, width:end])
+        width, step = end, step * step % PRIME
+    return powers
 
 
 def evaluate(coefficients: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """The polynomial (lowest degree first) at each of `xs`, mod PRIME (Horner, vectorized over xs)."""
+    """The polynomial (lowest degree first) at each of `xs`, mod PRIME."""
     xs = np.asarray(xs, dtype=np.int64) % PRIME
-    acc = np.zeros(xs.shape, dtype=np.int64)
-    for c in np.asarray(coefficients, dtype=np.int64)[::-1]:
-        acc = (acc * xs + c) % PRIME
-    return acc
+    coefficients = np.asarray(coefficients, dtype=np.int64) % PRIME
+    if coefficients.size == 0:
+        return np.zeros(xs.shape, dtype=np.int64)
+    return (_powers(xs.reshape(-1), coefficients.size) @ coefficients % PRIME).reshape(xs.shape)
 
 
 def encode_chunk(indices: np.ndarray, bf16_bits: np.ndarray) -> bytes:

@@ -7,9 +7,9 @@ stored, and the proof entries the trace keeps.
     record.pending_proofs = proofs.pending(result, TokenizerOps.of(engine, result.identity))
     trace.proofs = record.pending_proofs.finish(trace.prompt)            # the trace writer's thread
 
-On the scheduler thread only the ProofBuilders run (a top-k per 32 rows); everything else
-(committing the last chunk, re-tokenizing to decide which ids to keep) runs in the trace
-writer's thread, off the request path.
+On the scheduler thread the sink only keeps the rows; everything else (the chunk commitments,
+re-tokenizing to decide which ids to keep) runs in the trace writer's thread, off the request
+path.
 
 Stored layout (`Trace.proofs`, read by traces/verify.py proof_entries): one dict per proven choice,
     {scheme, prompt_len, positions, chunk_tokens, top_k, dtype, chunks: [base64 ...],   # ActivationProof.to_dict()
@@ -83,27 +83,37 @@ class RequestProofs:
     def __init__(self, chunk_tokens: int = CHUNK_TOKENS, top_k: int = TOP_K):
         self.chunk_tokens = chunk_tokens
         self.top_k = top_k
+        self._rows: dict[int, list[Any]] = {}
         self._builders: dict[int, ProofBuilder] = {}
-        self._failed: set[int] = set()
 
     def sink(self, index: int, rows: Any) -> None:
-        """engine hidden_sink(choice_index, rows [k, hidden]); never raises (a failure drops that proof)."""
-        if index in self._failed:
-            return
+        """engine hidden_sink(choice_index, rows [k, hidden]): only keeps the rows. The chunk
+        commitments (a top-k and a polynomial each) are built by `builder()` in the trace writer's
+        thread, once the reply is out: the scheduler thread serves every request and pays nothing
+        but this append (the rows of one reply are kept until then: positions x hidden floats)."""
+        self._rows.setdefault(index, []).append(rows)
+
+    def builder(self, index: int) -> ProofBuilder | None:
+        """The proof builder of choice `index`, fed every row the engine gave it; None when it
+        got none or they cannot make a proof (a failure drops that proof, never the reply)."""
+        if index in self._builders:
+            return self._builders[index]
+        rows = self._rows.pop(index, None)
+        if not rows:
+            return None
         try:
-            builder = self._builders.get(index)
-            if builder is None:
-                builder = self._builders[index] = ProofBuilder(int(rows.shape[0]), chunk_tokens=self.chunk_tokens,
-                                                               top_k=self.top_k)
-            builder.add_hidden(rows)
+            builder = ProofBuilder(int(rows[0].shape[0]), chunk_tokens=self.chunk_tokens, top_k=self.top_k)
+            for piece in rows:
+                builder.add_hidden(piece)
         except (ProofError, ValueError, RuntimeError) as exc:
-            self._failed.add(index)
-            self._builders.pop(index, None)
             log.warning("activation proof of choice %d dropped (%s)", index, exc.__class__.__name__)
+            return None
+        self._builders[index] = builder
+        return builder
 
     @property
     def seconds(self) -> float:
-        """Time spent in the builders so far (the scheduler thread's share of the proof cost)."""
+        """Time spent in the builders so far (commitments: the trace writer's thread)."""
         return sum(builder.seconds for builder in self._builders.values())
 
     def pending(self, result: Any, tokenizer: TokenizerOps | None) -> "PendingProofs":
@@ -139,7 +149,7 @@ class PendingProofs:
                 prompt_matches = False
         entries = []
         for choice in self.choices:
-            builder = self.proofs._builders.get(choice.index)
+            builder = self.proofs.builder(choice.index)
             if builder is None:
                 continue
             try:

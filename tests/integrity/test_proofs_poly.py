@@ -27,6 +27,33 @@ def test_interpolation_passes_through_every_point():
         assert (evaluate(coefficients, xs) == ys).all()
 
 
+def _reference_interpolation(xs: list[int], ys: list[int]) -> list[int]:
+    """Lagrange with Python integers, one basis polynomial at a time (slow, obviously right)."""
+    coefficients = [0] * len(xs)
+    for i, (xi, yi) in enumerate(zip(xs, ys)):
+        basis, denominator = [1], 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                basis = [((basis[t - 1] if t else 0) - xj * (basis[t] if t < len(basis) else 0)) % PRIME
+                         for t in range(len(basis) + 1)]
+                denominator = denominator * (xi - xj) % PRIME
+        scale = yi * pow(denominator, PRIME - 2, PRIME) % PRIME
+        coefficients = [(c + scale * b) % PRIME for c, b in zip(coefficients, basis)]
+    return coefficients
+
+
+def test_interpolation_and_evaluation_match_python_integers():
+    rng = np.random.default_rng(7)
+    for k in (1, 2, 5, 64, 128, 129):
+        xs = rng.choice(PRIME, size=k, replace=False)
+        ys = rng.integers(0, PRIME, size=k)
+        expected = _reference_interpolation([int(x) for x in xs], [int(y) for y in ys])
+        assert interpolate(xs, ys).tolist() == expected
+        points = rng.integers(0, 4_000_000, size=50)
+        assert evaluate(np.array(expected), points).tolist() == [
+            sum(c * pow(int(x), t, PRIME) for t, c in enumerate(expected)) % PRIME for x in points]
+
+
 def test_known_polynomial():
     # 1 + 2x + 3x^2 + 4x^3 through four points gives back its coefficients
     xs = np.array([0, 1, 2, 5])
