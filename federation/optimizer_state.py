@@ -13,14 +13,17 @@ tensors or shapes), so a changed adapter starts clean instead of failing.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, RecordDict
 from transformers import TrainerCallback
 
 STATE_KEY = "optimizer-state"   # the ArrayRecord in Context.state
 _SEPARATOR = "|"                # "<param index>|<field>", e.g. "3|exp_avg"
+log = logging.getLogger("swarmloop.federation")
 
 
 class CarryOptimizerState(TrainerCallback):
@@ -44,9 +47,19 @@ class CarryOptimizerState(TrainerCallback):
         self.loaded = True
 
     def on_train_end(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-        if optimizer is not None:
-            self.saved = {index: {field: value.detach().clone() for field, value in entry.items()}
-                          for index, entry in optimizer.state_dict()["state"].items()}
+        if optimizer is None:
+            return
+        state = optimizer.state_dict()["state"]
+        if not all("exp_avg" in entry for entry in state.values()):
+            # Adam-family moments only: another optimizer's state (e.g. Adafactor's factored
+            # rows, non-tensor entries) is not carried, and that node restarts it every round
+            log.warning("keep_optimizer_state: %s has no Adam moments; its state is not kept",
+                        optimizer.__class__.__name__)
+            self.saved = None
+            return
+        self.saved = {index: {field: value.detach().clone() for field, value in entry.items()
+                              if isinstance(value, torch.Tensor)}
+                      for index, entry in state.items()}
 
 
 def _fits(saved: dict[int, dict[str, Any]], params: list[Any]) -> bool:
@@ -58,8 +71,6 @@ def _fits(saved: dict[int, dict[str, Any]], params: list[Any]) -> bool:
 
 def load_optimizer_state(context_state: RecordDict) -> dict[int, dict[str, Any]] | None:
     """The state a node kept from its last round, as torch tensors (None before its first)."""
-    import torch
-
     if STATE_KEY not in context_state:
         return None
     saved: dict[int, dict[str, Any]] = {}

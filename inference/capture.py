@@ -141,8 +141,10 @@ class TraceCapture:
 
     async def record_feedback(self, feedback: Feedback) -> FeedbackOutcome:
         """Store feedback once its trace is committed. A trace still queued is committed first
-        (the writer keeps order); a completion the hook has not even seen yet (a streamed reply
-        can reach the client first) is waited for up to `feedback_wait_s`."""
+        (the writer keeps order); a completion the hook has not even seen yet is waited for up to
+        `feedback_wait_s`. That happens whenever the reply outruns the hook: a streamed reply, and
+        with activation proofs any reply, since it goes out before the engine's tail step (one
+        decode step, milliseconds) after which the hook is called."""
         trace_id = feedback.trace_id
         if trace_id in self._skipped:
             raise TraceNotFound(trace_id)

@@ -125,8 +125,10 @@ class ProofBuilder:
     Per forward pass the engine calls `add_hidden(states)` with this sequence's new rows of the
     `model.model.norm` output, shape [rows, hidden] (or [1, rows, hidden]), in position order:
     the prefill's P rows (at once or in pieces), then one row per decode step. No padding rows
-    (slice them off for left-padded batches). A chunk is committed as soon as its rows are in,
-    so memory stays at one chunk and `finish()` only commits the tail.
+    (slice them off for left-padded batches). A chunk's top-k is selected as soon as its rows
+    are in, so memory stays at one chunk of rows plus 2 x top_k integers per chunk done; the
+    polynomial encoding of every chunk (the costlier part) waits for `finish()`, which the node
+    server calls in its trace writer's thread, off the request path.
     """
 
     def __init__(self, prompt_len: int, *, dtype: str | None = None, chunk_tokens: int = CHUNK_TOKENS,
@@ -144,10 +146,10 @@ class ProofBuilder:
         self.seconds = 0.0              # time spent in this builder (overhead accounting)
         self._pending: list = []        # rows of the chunk being filled
         self._pending_rows = 0
-        self._chunks: list[bytes] = []
+        self._selected: list[tuple[np.ndarray, np.ndarray]] = []   # (indices, bf16 bits) per chunk
 
     def _chunk_target(self) -> int:
-        return self.prompt_len if not self._chunks else self.chunk_tokens
+        return self.prompt_len if not self._selected else self.chunk_tokens
 
     def add_hidden(self, states) -> None:
         start = time.perf_counter()
@@ -177,7 +179,10 @@ class ProofBuilder:
         import torch
 
         rows = self._pending[0] if len(self._pending) == 1 else torch.cat(self._pending)
-        self._chunks.append(commit_chunk(rows, self.top_k))
+        indices, bits = _topk_bits(rows, self.top_k)
+        # int32 / uint16 hold flat indices of one chunk and bf16 bit patterns exactly, in a third of the memory
+        index_type = np.int32 if rows.numel() < 2**31 else np.int64
+        self._selected.append((indices.astype(index_type), bits.astype(np.uint16)))
         self._pending, self._pending_rows = [], 0
 
     def finish(self) -> ActivationProof:
@@ -186,11 +191,12 @@ class ProofBuilder:
             raise ProofError(f"got {self.positions} hidden-state rows, fewer than the prompt's {self.prompt_len}")
         if self._pending_rows:
             self._commit_pending()
+        chunks = [encode_chunk(indices, bits) for indices, bits in self._selected]
         self.seconds += time.perf_counter() - start
         return ActivationProof(
             prompt_len=self.prompt_len,
             positions=self.positions,
-            chunks=list(self._chunks),
+            chunks=chunks,
             dtype=self.dtype or "float32",
             chunk_tokens=self.chunk_tokens,
             top_k=self.top_k,

@@ -55,7 +55,7 @@ def find_injective_modulus(indices: np.ndarray) -> int:
 def interpolate(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """Coefficients (lowest degree first) of the polynomial of degree < len(xs) through (xs, ys) mod PRIME.
 
-    Lagrange in a few whole-array steps (the node builds one per chunk on its scheduler thread, so
+    Lagrange in a few whole-array steps (the node builds one per chunk of every stored reply, so
     the count of numpy calls matters more than the O(k^2) work): with M = prod (X - x_i) and
     weights w_i = 1 / M'(x_i), the coefficients are c_j = sum_s m_{s+j+1} z_s where
     z_s = sum_i w_i y_i x_i^s. Every product of two field elements is < 2**32 and every sum of k of

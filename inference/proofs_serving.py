@@ -7,9 +7,9 @@ stored, and the proof entries the trace keeps.
     record.pending_proofs = proofs.pending(result, TokenizerOps.of(engine, result.identity))
     trace.proofs = record.pending_proofs.finish(trace.prompt)            # the trace writer's thread
 
-On the scheduler thread the sink only keeps the rows; everything else (the chunk commitments,
-re-tokenizing to decide which ids to keep) runs in the trace writer's thread, off the request
-path.
+On the scheduler thread the sink only selects each chunk's top-k (a request holds at most one
+chunk of rows); the rest (the chunks' polynomial encoding, re-tokenizing to decide which ids to
+keep) runs in the trace writer's thread, off the request path.
 
 Stored layout (`Trace.proofs`, read by traces/verify.py proof_entries): one dict per proven choice,
     {scheme, prompt_len, positions, chunk_tokens, top_k, dtype, chunks: [base64 ...],   # ActivationProof.to_dict()
@@ -83,38 +83,36 @@ class RequestProofs:
     def __init__(self, chunk_tokens: int = CHUNK_TOKENS, top_k: int = TOP_K):
         self.chunk_tokens = chunk_tokens
         self.top_k = top_k
-        self._rows: dict[int, list[Any]] = {}
-        self._builders: dict[int, ProofBuilder] = {}
+        self._builders: dict[int, ProofBuilder | None] = {}    # None: that choice's proof was dropped
 
     def sink(self, index: int, rows: Any) -> None:
-        """engine hidden_sink(choice_index, rows [k, hidden]): only keeps the rows. The chunk
-        commitments (a top-k and a polynomial each) are built by `builder()` in the trace writer's
-        thread, once the reply is out: the scheduler thread serves every request and pays nothing
-        but this append (the rows of one reply are kept until then: positions x hidden floats)."""
-        self._rows.setdefault(index, []).append(rows)
+        """engine hidden_sink(choice_index, rows [k, hidden]), on the scheduler thread. The builder
+        only selects each chunk's top-k as its rows complete (about 0.1 ms per 32 tokens), so a
+        request holds at most one chunk of rows; the polynomial encoding, the costlier part, runs
+        in `PendingProofs.finish()` in the trace writer's thread, once the reply is out."""
+        if index not in self._builders:
+            try:
+                self._builders[index] = ProofBuilder(int(rows.shape[-2]), chunk_tokens=self.chunk_tokens,
+                                                     top_k=self.top_k)
+            except ProofError:
+                self._builders[index] = None
+        builder = self._builders[index]
+        if builder is None:
+            return
+        try:
+            builder.add_hidden(rows)
+        except (ProofError, ValueError, RuntimeError) as exc:   # costs this proof, never the reply
+            log.warning("activation proof of choice %d dropped (%s)", index, exc.__class__.__name__)
+            self._builders[index] = None
 
     def builder(self, index: int) -> ProofBuilder | None:
-        """The proof builder of choice `index`, fed every row the engine gave it; None when it
-        got none or they cannot make a proof (a failure drops that proof, never the reply)."""
-        if index in self._builders:
-            return self._builders[index]
-        rows = self._rows.pop(index, None)
-        if not rows:
-            return None
-        try:
-            builder = ProofBuilder(int(rows[0].shape[0]), chunk_tokens=self.chunk_tokens, top_k=self.top_k)
-            for piece in rows:
-                builder.add_hidden(piece)
-        except (ProofError, ValueError, RuntimeError) as exc:
-            log.warning("activation proof of choice %d dropped (%s)", index, exc.__class__.__name__)
-            return None
-        self._builders[index] = builder
-        return builder
+        """The proof builder of choice `index`; None when it got no rows or they cannot make a proof."""
+        return self._builders.get(index)
 
     @property
     def seconds(self) -> float:
-        """Time spent in the builders so far (commitments: the trace writer's thread)."""
-        return sum(builder.seconds for builder in self._builders.values())
+        """Time spent in the builders so far (top-k on the scheduler thread, encoding in the writer's)."""
+        return sum(builder.seconds for builder in self._builders.values() if builder is not None)
 
     def pending(self, result: Any, tokenizer: TokenizerOps | None) -> "PendingProofs":
         """What the trace writer finishes later, from an engine GenerationResult."""

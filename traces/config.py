@@ -57,7 +57,8 @@ class StoreSettings(BaseModel):
     retention_max_age_days: float | None = Field(default=90.0, gt=0)
     retention_max_bytes: int | None = Field(default=2 * 1024**3, gt=0)
     retention_check_s: float = Field(default=600.0, gt=0)
-    # How long POST /v1/feedback waits for a completion it has not seen yet before answering 404.
+    # How long POST /v1/feedback waits for a completion it has not seen yet before answering 404
+    # (replies reach the client a decode step or so before the capture hook sees them).
     feedback_wait_s: float = Field(default=1.0, ge=0)
     # Parquet shards written by `swarmloop traces export`.
     export_shard_rows: int = Field(default=50_000, ge=1)

@@ -209,6 +209,39 @@ def test_reply_goes_out_before_the_proofs_tail_step(tiny_engine):
     assert sum(received) == reply.result.prompt_tokens + 3
 
 
+def test_stopping_after_an_early_reply_completes_the_request(tiny_loaded):
+    """A node stopping between the early reply and the proof's tail step: the consumer already
+    has its reply, so the request completes (counted, on_done runs with it) instead of failing."""
+    from inference.config import LimitsConfig
+    from tests.inference.openai_checks import TEST_LIMITS
+
+    engine = GenerationEngine(tiny_loaded, LimitsConfig(**TEST_LIMITS)).start()
+    gate, last_step = threading.Event(), threading.Event()
+    calls: list[int] = []
+    finished: list = []
+
+    def sink(index: int, states: torch.Tensor) -> None:
+        calls.append(states.shape[0])
+        if len(calls) == 3:               # prefill, decode 1, decode 2 (samples the last token)
+            last_step.set()
+            gate.wait(30)
+
+    request = GenerationRequest(messages=[{"role": "user", "content": "stop now"}],
+                                params=SamplingParams(max_tokens=3, seed=5), capture_hidden=True, hidden_sink=sink)
+    handle = engine.submit(request, stream=False, on_done=lambda h: finished.append(h._final))
+    assert last_step.wait(30)
+    stopper = threading.Thread(target=engine.stop)
+    stopper.start()                       # the scheduler sees it right after this step
+    gate.set()
+    stopper.join(60)
+    reply = next(handle.events())
+    assert isinstance(reply, Completed) and len(reply.result.choices[0].token_ids) == 3
+    assert len(calls) == 3                # the tail step never ran
+    assert handle.result(5) is reply.result
+    assert len(finished) == 1 and isinstance(finished[0], Completed)
+    assert engine.stats.requests_completed == 1
+
+
 def test_swap_takes_effect_between_batches(tiny_engine, tiny_loaded, other_tiny_loaded):
     swapped = other_tiny_loaded
     assert swapped.identity.weights_sha256 != tiny_loaded.identity.weights_sha256
