@@ -45,14 +45,18 @@ class StoreSettings(BaseModel):
     dictionary_min_records: int = Field(default=1000, ge=10)
     dictionary_size: int = Field(default=131_072, ge=1024)
     dictionary_retrain_factor: float = Field(default=4.0, gt=1)
-    # Compaction, run by the writer while idle (and by `swarmloop traces compact`): records written
-    # at `compression_level` are recompressed at `compaction_level` with the newest dictionary, then
-    # the file is rewritten densely (VACUUM) when at least `compaction_vacuum_share` of it is slack.
+    # Compaction, run by the writer while idle (and by `swarmloop traces compact`): the oldest
+    # records are sealed into blocks of `seal_block_records` (0: never; traces/blocks.py), the rest
+    # recompressed at `compaction_level` with the newest dictionary, then the file is rewritten
+    # densely (VACUUM) when at least `compaction_vacuum_share` of it is slack.
+    seal_block_records: int = Field(default=128, ge=0)
     compaction_level: int = Field(default=19, ge=1, le=22)
     compaction_idle_s: float = Field(default=5.0, gt=0)          # queue empty this long before compacting
     compaction_step: int = Field(default=256, ge=1)              # records per step (bounds writer pauses)
     compaction_vacuum_share: float = Field(default=0.1, ge=0, le=1)
-    page_size: Literal[4096, 8192, 16384, 32768, 65536] = 16384   # SQLite page size of a new store
+    # SQLite page size of a new store. 4 KB: sealed blocks fill overflow pages whatever the size, and
+    # each table or index costs at least a page (16 KB pages added ~12 B per trace at 10,000 traces).
+    page_size: Literal[4096, 8192, 16384, 32768, 65536] = 4096
     # Retention, applied by the writer every `retention_check_s` and by `swarmloop traces prune`.
     retention_max_age_days: float | None = Field(default=90.0, gt=0)
     retention_max_bytes: int | None = Field(default=2 * 1024**3, gt=0)

@@ -1,8 +1,12 @@
 """The node-local trace store: one SQLite file, crash-safe, compact, indexed.
 
-Layout (schema version 1):
-  traces        one row per kept completion; the record itself is a zstd-compressed JSON payload,
-                next to the few columns queries need (time, model version, consent, hashes)
+Layout (schema version 2):
+  traces        one row per recent completion ("hot"); the record itself is a zstd-compressed
+                payload, next to the few columns queries need (time, model version, consent, hashes)
+  blocks        older completions, sealed by compaction many to a row (traces/blocks.py): a block
+                covers a seq range and says what it holds (time span, counts by model, consent and
+                redaction type), a coarse index by time and model version
+  sealed_keys   id hash -> seq and content hash -> seq for sealed records (per-record access, dedup)
   aliases       completion ids whose trace was a duplicate of a kept one (so feedback still finds it)
   feedback      thumbs / choice / correction / comment, each pointing at a trace
   pairs         DPO pairs and KTO rows derived from feedback or judges
@@ -12,6 +16,9 @@ Layout (schema version 1):
 
 Durability: WAL journal with synchronous=FULL, one transaction per batch, so a record is on disk
 once add_traces returns, and a kill -9 at any moment leaves either the whole batch or none of it.
+A record keeps its seq for life, whether hot or sealed, so feedback, pairs and aliases point at it.
+Schema 1 stores (no blocks) open unchanged; the first sealing marks the store as schema 2, which
+older code refuses to open rather than miss the sealed records.
 Exact dedup: a hash of the normalized prompt and replies (case folded, whitespace removed) is
 indexed; a hash hit is confirmed by comparing the normalized texts, so collisions never drop data.
 A trace is a duplicate only of a stored one with the same consent level and the same source (node,
@@ -27,6 +34,7 @@ import json
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +43,7 @@ from typing import Any, Iterator, Sequence
 
 from pydantic_core import to_json
 
+from traces.blocks import BlockRecord, block_summary, pack_block, unpack_block
 from traces.compression import NO_DICTIONARY, Codec, train_dictionary
 from traces.pairs import pairs_from_feedback, slot_of
 from traces.config import StoreSettings
@@ -43,7 +52,8 @@ from traces.schemas import (
     Trace, Usage,
 )
 
-STORE_SCHEMA_VERSION = 1
+STORE_SCHEMA_VERSION = 2
+_BLOCK_CACHE = 8            # decompressed blocks kept (a block of 128 chat records is ~90 KB)
 CONSENT_CODES = {"local": 1, "share": 2}
 CONSENT_NAMES = {code: name for name, code in CONSENT_CODES.items()}
 _FETCH = 512
@@ -82,6 +92,18 @@ CREATE TABLE IF NOT EXISTS feedback(
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, trace_seq INTEGER NOT NULL,
     created REAL NOT NULL, kinds TEXT NOT NULL, dict INTEGER NOT NULL, payload BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS feedback_trace ON feedback(trace_seq)
+""",
+    "blocks": """
+CREATE TABLE IF NOT EXISTS blocks(
+    first INTEGER PRIMARY KEY,   -- seq of its first record (blocks never overlap)
+    last INTEGER NOT NULL,       -- seq of its last record
+    records INTEGER NOT NULL,
+    created_min INTEGER NOT NULL, created_max INTEGER NOT NULL,
+    summary TEXT NOT NULL,       -- counts by source, consent, redaction type (traces/blocks.py)
+    dict INTEGER NOT NULL,
+    data BLOB NOT NULL);
+-- h: the 31-bit id hash (>= 0) or -1 - the 31-bit content hash (< 0): 4 bytes either way
+CREATE TABLE IF NOT EXISTS sealed_keys(h INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (h, seq)) WITHOUT ROWID
 """,
     "pairs": """
 CREATE TABLE IF NOT EXISTS pairs(
@@ -279,6 +301,8 @@ class TraceStore:
         self.codec = Codec(self.settings.compression_level)
         self._sources: dict[tuple[str, str, str, str], int] = {}
         self._source_rows: dict[int, dict[str, str]] = {}
+        self._tables: set[str] = set()
+        self._block_cache: OrderedDict[tuple[int, int, int, int], list[BlockRecord]] = OrderedDict()
         try:
             if readonly:
                 if not self.path.is_file():
@@ -301,8 +325,7 @@ class TraceStore:
             fresh = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
             if fresh:
                 # Both must precede the first table. Incremental auto-vacuum lets retention give space
-                # back without a full VACUUM; large pages keep compressed records (about 1 KB, some
-                # much larger) on few pages with little slack and rarely on overflow pages.
+                # back without a full VACUUM; the page size is the settings' (why 4 KB: traces/config.py).
                 db.execute(f"PRAGMA page_size = {self.settings.page_size}")
                 db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -328,7 +351,8 @@ class TraceStore:
         for row in db.execute("SELECT id, node_id, model_ref, model_version, weights_sha256 FROM sources"):
             self._remember_source(row)
         self._count = db.execute("SELECT count(*) FROM traces").fetchone()[0]
-        self._tables: set[str] = set()
+        if self._has("blocks"):
+            self._count += db.execute("SELECT coalesce(sum(records), 0) FROM blocks").fetchone()[0]
 
     def _has(self, table: str) -> bool:
         """Does the (lazily created) table exist? Another connection may have created it."""
@@ -405,9 +429,14 @@ class TraceStore:
 
     def _normalized_of(self, seq: int) -> bytes | None:
         row = self._db.execute("SELECT dict, payload FROM traces WHERE seq = ?", (seq,)).fetchone()
-        if row is None:
-            return None
-        return decode_payload(self._decompress(row[1], row[0]))[1]
+        if row is not None:
+            return decode_payload(self._decompress(row[1], row[0]))[1]
+        sealed = self._sealed(seq)
+        return decode_payload(sealed.payload)[1] if sealed is not None else None
+
+    def _next_seq(self) -> int:
+        hot = self._db.execute("SELECT max(seq) FROM traces").fetchone()[0] or 0
+        return max(hot, self._sealed_max()) + 1
 
     def add_traces(self, traces: Sequence[Trace]) -> list[bool]:
         """Store already-redacted traces in one transaction. Returns, per trace, True when it was
@@ -428,7 +457,13 @@ class TraceStore:
                 for dedup, seq, consent, source in db.execute(
                         f"SELECT dedup, seq, consent, source FROM traces WHERE dedup IN ({marks})", chunk):
                     known.setdefault(dedup, []).append((seq, consent, source))
-            next_seq = (db.execute("SELECT max(seq) FROM traces").fetchone()[0] or 0) + 1
+                if self._has("blocks"):
+                    for h, seq in db.execute(f"SELECT h, seq FROM sealed_keys WHERE h IN ({marks})",
+                                             [-1 - d for d in chunk]):
+                        sealed = self._sealed(seq)
+                        if sealed is not None:
+                            known.setdefault(-1 - h, []).append((seq, sealed.consent, sealed.source))
+            next_seq = self._next_seq()
             dict_id = self.codec.latest
             rows, payloads, aliases, kept = [], [], [], []
             batch_norm: dict[int, list[tuple[bytes, int, int, int]]] = {}
@@ -507,23 +542,26 @@ class TraceStore:
 
     def pending_compaction(self) -> int:
         with self._lock:
-            return self._db.execute("SELECT count(*) FROM traces WHERE seq > ?",
-                                    (self._compaction_mark(),)).fetchone()[0]
+            return self._uncompacted()
 
     def slack_share(self) -> float:
         """Share of the file that is not record data (free pages, half-empty pages, headers)."""
         with self._lock:
             used = sum(self._db.execute(f"SELECT coalesce(sum(length(payload)), 0) + 48 * count(*) FROM {table}")
                        .fetchone()[0] for table in ("traces", "feedback", "pairs") if self._has(table))
+            if self._has("blocks"):      # a block's row, and 2 x ~14 B of sealed keys per record
+                used += self._db.execute("SELECT coalesce(sum(length(data) + length(summary) + 48 + 28 * records), 0)"
+                                         " FROM blocks").fetchone()[0]
             used += self._db.execute("SELECT coalesce(sum(length(data)), 0) FROM dictionaries").fetchone()[0]
             pages = self._db.execute("PRAGMA page_count").fetchone()[0]
             size = self._db.execute("PRAGMA page_size").fetchone()[0]
         return max(0.0, 1.0 - used / (pages * size)) if pages else 0.0
 
     def compact(self, max_records: int | None = None, vacuum: bool = True) -> dict[str, Any]:
-        """Recompress records at `compaction_level` with the newest dictionary (training a new one
-        first when the store has grown by `dictionary_retrain_factor`), then, once every record is
-        done and the file has enough slack, rewrite it densely (VACUUM).
+        """Train a new dictionary when the store has grown by `dictionary_retrain_factor`; seal the
+        oldest hot records into blocks (traces/blocks.py) of `seal_block_records`; recompress
+        blocks and the remaining hot records at `compaction_level` with the newest dictionary;
+        then, once nothing is left to do and the file has enough slack, rewrite it densely (VACUUM).
 
         `max_records` bounds one call (the writer compacts in small steps while idle)."""
         settings = self.settings
@@ -534,42 +572,167 @@ class TraceStore:
             due = (self._count >= settings.dictionary_min_records if trained_at == 0
                    else self._count >= trained_at * settings.dictionary_retrain_factor)
             if due:
-                step = max(1, self._count // 4000)      # samples spread over the whole store
-                samples = [self._decompress(p, d) for d, p in db.execute(
-                    "SELECT dict, payload FROM traces WHERE seq % ? = 0 LIMIT 4000", (step,))]
+                samples = self._dictionary_samples(4000)
                 if len(samples) >= 10:
                     self._add_dictionary(samples)
             latest = self.codec.latest
+            budget = -1 if max_records is None else max_records
+            sealed = self._seal(budget)
+            budget = budget if budget < 0 else max(0, budget - sealed)
+            resealed = self._reseal(budget) if budget != 0 else 0
+            budget = budget if budget < 0 else max(0, budget - resealed)
             mark = self._compaction_mark()
-            limit = -1 if max_records is None else max_records
             rows = db.execute("SELECT seq, dict, payload FROM traces WHERE seq > ? ORDER BY seq LIMIT ?",
-                              (mark, limit)).fetchall()
+                              (mark, budget)).fetchall() if budget != 0 else []
             compress = self.codec.compressor(latest, settings.compaction_level).compress
             db.executemany("UPDATE traces SET dict = ?, payload = ? WHERE seq = ?",
                            [(latest, compress(self._decompress(p, d)), seq) for seq, d, p in rows])
-            last = rows[-1][0] if rows else mark
+            last = rows[-1][0] if rows else max(mark, self._sealed_max())
             db.execute("INSERT OR REPLACE INTO meta VALUES ('compacted', ?)", (f"{latest}:{last}",))
-            remaining = db.execute("SELECT count(*) FROM traces WHERE seq > ?", (last,)).fetchone()[0]
+            remaining = self._uncompacted()
             dropped = self._drop_unused_dictionaries(latest) if remaining == 0 else 0
+        worked = bool(rows or sealed or resealed)
         vacuumed = False
-        if vacuum and remaining == 0 and rows and self.slack_share() >= settings.compaction_vacuum_share:
+        if vacuum and remaining == 0 and worked and self.slack_share() >= settings.compaction_vacuum_share:
             with self._lock:
                 self._db.execute("VACUUM")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             vacuumed = True
-        return {"recompressed": len(rows), "remaining": remaining, "vacuumed": vacuumed,
-                "dictionary": latest, "dictionaries_dropped": dropped}
+        return {"recompressed": len(rows) + resealed, "sealed": sealed, "remaining": remaining,
+                "vacuumed": vacuumed, "dictionary": latest, "dictionaries_dropped": dropped}
+
+    def _dictionary_samples(self, limit: int) -> list[bytes]:
+        """Up to `limit` payloads spread over the whole store, hot and sealed."""
+        step = max(1, self._count // limit)
+        samples = [self._decompress(p, d) for d, p in self._db.execute(
+            "SELECT dict, payload FROM traces WHERE seq % ? = 0 LIMIT ?", (step, limit))]
+        if self._has("blocks"):
+            blocks = self._db.execute("SELECT first, last, records, dict FROM blocks ORDER BY first").fetchall()
+            sealed = [r.payload for block in blocks[::max(1, len(blocks) // 64)]    # at most ~64 opened
+                      for r in self._block_records(*block)]
+            samples += sealed[::max(1, len(sealed) // limit)]
+        return samples[::max(1, len(samples) // limit)][:limit]
 
     def _drop_unused_dictionaries(self, latest: int) -> int:
         """Delete the dictionaries no record uses any more (each is ~100 KB: 10-20 B per trace in
         a store of 10,000). Every record that names one keeps it, so all stay readable."""
         used = {latest}
-        for table in ("traces", "feedback", "pairs"):
+        for table in ("traces", "feedback", "pairs", "blocks"):
             if self._has(table):
                 used.update(d for (d,) in self._db.execute(f"SELECT DISTINCT dict FROM {table}"))
         stale = [d for (d,) in self._db.execute("SELECT id FROM dictionaries") if d not in used]
         self._db.executemany("DELETE FROM dictionaries WHERE id = ?", [(d,) for d in stale])
         return len(stale)
+
+    # ------------------------------------------------------------------ sealed blocks
+
+    def _block_records(self, first: int, last: int, records: int, dict_id: int) -> list[BlockRecord]:
+        """The records of one block (cached: iteration and lookups often hit the same block).
+        Empty when the block changed or went since its row was read (another connection)."""
+        key = (first, last, records, dict_id)
+        cached = self._block_cache.get(key)
+        if cached is not None:
+            self._block_cache.move_to_end(key)
+            return cached
+        row = self._db.execute("SELECT dict, data FROM blocks WHERE first = ? AND last = ? AND records = ?",
+                               (first, last, records)).fetchone()
+        if row is None:
+            return []
+        dict_id, data = row
+        if not self.codec.has(dict_id):
+            self._load_new_dictionaries()
+        unpacked = unpack_block(data, self.codec.decompressor(dict_id).decompress)
+        self._block_cache[(first, last, records, dict_id)] = unpacked
+        while len(self._block_cache) > _BLOCK_CACHE:
+            self._block_cache.popitem(last=False)
+        return unpacked
+
+    def _sealed(self, seq: int) -> BlockRecord | None:
+        if not self._has("blocks"):
+            return None
+        row = self._db.execute("SELECT first, last, records, dict FROM blocks WHERE first <= ? "
+                               "ORDER BY first DESC LIMIT 1", (seq,)).fetchone()
+        if row is None or row[1] < seq:
+            return None
+        return next((record for record in self._block_records(*row) if record.seq == seq), None)
+
+    def _sealed_max(self) -> int:
+        if not self._has("blocks"):
+            return 0
+        row = self._db.execute("SELECT last FROM blocks ORDER BY first DESC LIMIT 1").fetchone()
+        return row[0] if row else 0
+
+    def _sealed_record(self, record: BlockRecord) -> TraceRecord:
+        body, _ = decode_payload(record.payload)
+        return TraceRecord(seq=record.seq, body=body, source=self._source(record.source),
+                           consent=CONSENT_NAMES[record.consent], redaction=parse_redaction_column(record.redacted))
+
+    def _write_block(self, records: list[BlockRecord], dict_id: int) -> None:
+        """Insert one block and the sealed keys of its records (inside a write transaction)."""
+        bodies = [decode_payload(record.payload) for record in records]
+        created = [int(body["t"]) for body, _ in bodies]
+        summary = block_summary(records, [len(body["c"]) for body, _ in bodies], parse_redaction_column)
+        compress = self.codec.compressor(dict_id, self.settings.compaction_level).compress
+        self._db.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)", (
+            records[0].seq, records[-1].seq, len(records), min(created), max(created),
+            to_json(summary).decode(), dict_id, pack_block(records, compress)))
+        keys = [(hash31(body["id"].encode()), record.seq) for record, (body, _) in zip(records, bodies)]
+        keys += [(-1 - hash31(norm), record.seq) for record, (_, norm) in zip(records, bodies)]
+        self._db.executemany("INSERT OR IGNORE INTO sealed_keys VALUES (?, ?)", keys)
+
+    def _seal(self, budget: int) -> int:
+        """Move the oldest hot records into blocks of `seal_block_records`, whole blocks only (the
+        newest few stay hot until a block is full). Returns the number of records sealed."""
+        size = self.settings.seal_block_records
+        if size < 2:
+            return 0
+        hot = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
+        blocks = hot // size if budget < 0 else min(hot // size, max(1, budget // size))
+        if blocks == 0:
+            return 0
+        if not self._has("blocks"):
+            self._ensure("blocks")
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(STORE_SCHEMA_VERSION),))
+        rows = self._db.execute("SELECT seq, source, consent, redacted, dict, payload FROM traces "
+                                "ORDER BY seq LIMIT ?", (blocks * size,)).fetchall()
+        latest = self.codec.latest
+        for start in range(0, len(rows), size):
+            self._write_block([BlockRecord(seq, source, consent, redacted, self._decompress(payload, dict_id))
+                               for seq, source, consent, redacted, dict_id, payload in rows[start:start + size]],
+                              latest)
+        self._db.execute("DELETE FROM traces WHERE seq <= ?", (rows[-1][0],))
+        return len(rows)
+
+    def _reseal(self, budget: int) -> int:
+        """Recompress blocks written with an older dictionary with the newest one."""
+        latest = self.codec.latest
+        if not self._has("blocks"):
+            return 0
+        done = 0
+        for first, last, records, dict_id in self._db.execute(
+                "SELECT first, last, records, dict FROM blocks WHERE dict != ? ORDER BY first", (latest,)).fetchall():
+            if 0 <= budget <= done:
+                break
+            unpacked = self._block_records(first, last, records, dict_id)
+            self._db.execute("DELETE FROM blocks WHERE first = ?", (first,))
+            self._write_block(unpacked, latest)      # its keys are there already (INSERT OR IGNORE)
+            done += records
+        self._block_cache.clear()
+        return done
+
+    def _uncompacted(self) -> int:
+        """Records compaction still has work for: hot ones not yet recompressed with the newest
+        dictionary, hot ones that fill whole blocks, and blocks with an older dictionary."""
+        latest = self.codec.latest
+        hot = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
+        size = self.settings.seal_block_records
+        pending = self._db.execute("SELECT count(*) FROM traces WHERE seq > ?", (self._compaction_mark(),)).fetchone()[0]
+        if size >= 2:
+            pending = max(pending, hot // size * size)
+        if self._has("blocks"):
+            pending += self._db.execute("SELECT coalesce(sum(records), 0) FROM blocks WHERE dict != ?",
+                                        (latest,)).fetchone()[0]
+        return pending
 
     # ------------------------------------------------------------------ reading traces
 
@@ -613,6 +776,11 @@ class TraceStore:
                     "SELECT seq, dict, payload FROM traces WHERE key = ?", (key,)):
                 if decode_payload(self._decompress(payload, dict_id))[0]["id"] == trace_id:
                     return seq
+            if self._has("blocks"):
+                for (seq,) in self._db.execute("SELECT seq FROM sealed_keys WHERE h = ?", (key,)).fetchall():
+                    sealed = self._sealed(seq)
+                    if sealed is not None and decode_payload(sealed.payload)[0]["id"] == trace_id:
+                        return seq
             if self._has("aliases"):
                 for alias_id, seq in self._db.execute("SELECT id, seq FROM aliases WHERE key = ?", (key,)):
                     if alias_id == trace_id:
@@ -625,7 +793,10 @@ class TraceStore:
     def record_by_seq(self, seq: int) -> TraceRecord | None:
         with self._lock:
             row = self._db.execute(f"SELECT {self._COLUMNS} FROM traces WHERE seq = ?", (seq,)).fetchone()
-        return self._record(row) if row else None
+            sealed = self._sealed(seq) if row is None else None
+        if row:
+            return self._record(row)
+        return self._sealed_record(sealed) if sealed is not None else None
 
     def get_trace(self, trace_id: str) -> Trace | None:
         seq = self.find_seq(trace_id)
@@ -642,39 +813,78 @@ class TraceStore:
                      since: float | datetime | None = None, consent: str | None = None,
                      min_choices: int = 1, limit: int | None = None) -> Iterator[TraceRecord]:
         """Traces in insertion order. `consent="share"` yields only share-level records,
-        `consent="local"` (or None) yields all; `since` is unix seconds or a datetime."""
+        `consent="local"` (or None) yields all; `since` is unix seconds or a datetime.
+
+        Sealed blocks and hot rows are read in one seq order, a block or a page of rows at a
+        time, so records another connection seals meanwhile are still met (in their block)."""
         with self._lock:
             self._refresh_sources()
             sources = self._source_ids(model_version)
         if not sources:
             return
+        since_s = _as_unix(since)
+        consent_code = CONSENT_CODES[consent] if consent is not None else 0
         where = [f"source IN ({','.join(str(s) for s in sources)})"]
         params: list[Any] = []
-        if since is not None:
+        if since_s is not None:
             where.append("created >= ?")
-            params.append(int(_as_unix(since)))   # type: ignore[arg-type]
-        if consent is not None:
+            params.append(int(since_s))
+        if consent_code:
             where.append("consent >= ?")
-            params.append(CONSENT_CODES[consent])
+            params.append(consent_code)
         if min_choices > 1:
             where.append("choices >= ?")
             params.append(min_choices)
-        sql = f"SELECT {self._COLUMNS} FROM traces WHERE {' AND '.join(where)} AND seq > ? ORDER BY seq LIMIT ?"
+        sql = f"SELECT {self._COLUMNS} FROM traces WHERE {' AND '.join(where)} AND seq > ? AND seq < ? ORDER BY seq LIMIT ?"
+        wanted = set(sources)
         last, remaining = 0, limit if limit is not None else -1
         while remaining != 0:
             step = _FETCH if remaining < 0 else min(_FETCH, remaining)
             with self._lock:
-                rows = self._db.execute(sql, (*params, last, step)).fetchall()
-            if not rows:
+                block = self._db.execute(
+                    "SELECT first, last, records, dict, created_max, summary FROM blocks WHERE first > ? "
+                    "ORDER BY first LIMIT 1", (last,)).fetchone() if self._has("blocks") else None
+                rows = self._db.execute(sql, (*params, last, block[0] if block else 2**62, step)).fetchall()
+            if rows:
+                records = [self._record(row) for row in rows]
+                last = rows[-1][0]
+            elif block is not None:
+                records = self._block_matches(block, wanted, since_s, consent_code, min_choices)
+                last = block[1]
+            else:
                 return
-            for row in rows:
-                record = self._record(row)
-                if since is not None and record.created_at < _as_unix(since):   # sub-second precision
+            for record in records:
+                if since_s is not None and record.created_at < since_s:   # sub-second precision
                     continue
                 yield record
-            last = rows[-1][0]
-            if remaining > 0:
-                remaining -= len(rows)
+                if remaining > 0:
+                    remaining -= 1
+                    if remaining == 0:
+                        return
+
+    def _block_matches(self, block: tuple, sources: set[int], since: float | None, consent: int,
+                       min_choices: int) -> list[TraceRecord]:
+        """The records of a block that pass the filters; the block's summary rules most blocks out
+        without opening them."""
+        first, last, records, dict_id, created_max, summary = block
+        counts = json.loads(summary)
+        if since is not None and created_max < int(since):
+            return []
+        if not sources.intersection(int(s) for s in counts["sources"]):
+            return []
+        if consent and not any(int(c) >= consent for c in counts["consent"]):
+            return []
+        if counts["max_choices"] < min_choices:
+            return []
+        with self._lock:
+            unpacked = self._block_records(first, last, records, dict_id)
+        out = []
+        for sealed in unpacked:
+            if sealed.source in sources and sealed.consent >= consent:
+                record = self._sealed_record(sealed)
+                if len(record.body["c"]) >= min_choices:
+                    out.append(record)
+        return out
 
     def iter_traces(self, **filters: Any) -> Iterator[Trace]:
         for record in self.iter_records(**filters):
@@ -817,17 +1027,67 @@ class TraceStore:
             size = self._db.execute("PRAGMA page_size").fetchone()[0]
         return (pages - free) * size
 
+    def _delete_dependents(self, seqs: Sequence[int]) -> None:
+        for i in range(0, len(seqs), 900):
+            chunk = list(seqs[i:i + 900])
+            marks = ",".join("?" * len(chunk))
+            for table, column in (("aliases", "seq"), ("feedback", "trace_seq"), ("pairs", "trace_seq")):
+                if self._has(table):
+                    self._db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)
+
     def _delete_traces(self, where: str, params: Sequence[Any]) -> int:
+        """Delete hot rows matching `where`, with their feedback, pairs and aliases."""
         seqs = [row[0] for row in self._db.execute(f"SELECT seq FROM traces WHERE {where}", params)]
         for i in range(0, len(seqs), 900):
             chunk = seqs[i:i + 900]
-            marks = ",".join("?" * len(chunk))
-            for table, column in (("traces", "seq"), ("aliases", "seq"), ("feedback", "trace_seq"),
-                                  ("pairs", "trace_seq")):
-                if self._has(table):
-                    self._db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", chunk)
+            self._db.execute(f"DELETE FROM traces WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+        self._delete_dependents(seqs)
         self._count -= len(seqs)
         return len(seqs)
+
+    def _delete_sealed(self, blocks_where: str, params: Sequence[Any], doomed: Any) -> int:
+        """Delete the sealed records for which `doomed(record, created)` is true, in the blocks
+        matching `blocks_where`; a block keeping some records is rewritten with just those."""
+        if not self._has("blocks"):
+            return 0
+        deleted = 0
+        for first, last, records, dict_id in self._db.execute(
+                f"SELECT first, last, records, dict FROM blocks WHERE {blocks_where} ORDER BY first", params).fetchall():
+            unpacked = self._block_records(first, last, records, dict_id)
+            bodies = [decode_payload(record.payload) for record in unpacked]
+            gone = [(r, body) for r, body in zip(unpacked, bodies) if doomed(r, body[0]["t"])]
+            if not gone:
+                continue
+            self._db.execute("DELETE FROM blocks WHERE first = ?", (first,))
+            keys = [(hash31(body["id"].encode()), r.seq) for r, (body, _) in gone]
+            keys += [(-1 - hash31(norm), r.seq) for r, (_, norm) in gone]
+            self._db.executemany("DELETE FROM sealed_keys WHERE h = ? AND seq = ?", keys)
+            kept = [r for r, body in zip(unpacked, bodies) if not doomed(r, body[0]["t"])]
+            if kept:
+                self._write_block(kept, self.codec.latest)
+            self._delete_dependents([r.seq for r, _ in gone])
+            deleted += len(gone)
+        self._block_cache.clear()
+        self._count -= deleted
+        return deleted
+
+    def _delete_oldest(self, count: int) -> int:
+        """Delete the `count` oldest records (by seq): sealed ones first, they are the oldest."""
+        deleted = 0
+        if self._has("blocks"):
+            cutoff = None
+            for first, last, records, dict_id in self._db.execute(
+                    "SELECT first, last, records, dict FROM blocks ORDER BY first").fetchall():
+                if deleted + records >= count:
+                    cutoff = self._block_records(first, last, records, dict_id)[count - deleted - 1].seq
+                    break
+                deleted += records
+                cutoff = last
+            if cutoff is not None:
+                deleted = self._delete_sealed("first <= ?", (cutoff,), lambda record, _: record.seq <= cutoff)
+        if deleted < count:
+            deleted += self._delete_traces("seq IN (SELECT seq FROM traces ORDER BY seq LIMIT ?)", (count - deleted,))
+        return deleted
 
     def apply_retention(self, max_age_days: float | None = None, max_bytes: int | None = None,
                         now: float | None = None) -> dict[str, int]:
@@ -840,6 +1100,8 @@ class TraceStore:
             with self._transaction():
                 sources = ",".join(str(s) for s in sorted(self._source_rows)) or "NULL"
                 deleted_age = self._delete_traces(f"source IN ({sources}) AND created < ?", (cutoff,))
+                deleted_age += self._delete_sealed("created_min < ?", (cutoff,),
+                                                   lambda record, created: int(created) < cutoff)
         if max_bytes is not None:
             for _ in range(64):
                 live = self.live_bytes()
@@ -848,8 +1110,7 @@ class TraceStore:
                 share = (live - max_bytes) / live
                 batch = max(1, int(self._count * share * 1.05) + 1)
                 with self._transaction():
-                    deleted_size += self._delete_traces(
-                        "seq IN (SELECT seq FROM traces ORDER BY seq LIMIT ?)", (batch,))
+                    deleted_size += self._delete_oldest(batch)
                 with self._lock:
                     self._db.execute("PRAGMA incremental_vacuum")
         if deleted_age:
@@ -862,8 +1123,19 @@ class TraceStore:
     def count_by_consent(self) -> dict[str, int]:
         """Stored traces by consent level."""
         with self._lock:
-            return {CONSENT_NAMES[c]: n for c, n in
-                    self._db.execute("SELECT consent, count(*) FROM traces GROUP BY consent")}
+            counts = {CONSENT_NAMES[c]: n for c, n in
+                      self._db.execute("SELECT consent, count(*) FROM traces GROUP BY consent")}
+            for summary in self._block_summaries():
+                for code, n in summary["consent"].items():
+                    counts[CONSENT_NAMES[int(code)]] = counts.get(CONSENT_NAMES[int(code)], 0) + n
+        return counts
+
+    def _block_summaries(self) -> list[dict[str, Any]]:
+        """Each block's summary, with its time span and data bytes."""
+        if not self._has("blocks"):
+            return []
+        return [{**json.loads(summary), "created": (lo, hi), "bytes": nbytes} for summary, lo, hi, nbytes in
+                self._db.execute("SELECT summary, created_min, created_max, length(data) FROM blocks")]
 
     def stats(self) -> dict[str, Any]:
         """Counts by model version, consent and redaction type; feedback, pairs and bytes."""
@@ -892,9 +1164,20 @@ class TraceStore:
             if self._has("pairs"):
                 for kind, origin, count in db.execute("SELECT kind, origin, count(*) FROM pairs GROUP BY kind, origin"):
                     pairs.setdefault(kind, {})[origin] = count
-            span = db.execute("SELECT min(created), max(created) FROM traces").fetchone()
+            span = list(db.execute("SELECT min(created), max(created) FROM traces").fetchone())
             payload_bytes = db.execute("SELECT coalesce(sum(length(payload)), 0) FROM traces").fetchone()[0]
             multi = db.execute("SELECT count(*) FROM traces WHERE choices > 1").fetchone()[0]
+            for block in self._block_summaries():        # sealed records, counted from block summaries
+                for source_id, count in block["sources"].items():
+                    version = self._source(int(source_id))["model_version"]
+                    by_version[version] = by_version.get(version, 0) + count
+                for kind, n in block["redaction"].items():
+                    redaction[kind] = redaction.get(kind, 0) + n
+                redacted_traces += block["redacted"]
+                multi += block["multi"]
+                payload_bytes += block["bytes"]
+                lo, hi = block["created"]
+                span = [lo if span[0] is None else min(span[0], lo), hi if span[1] is None else max(span[1], hi)]
             dictionaries = [{"id": i, "bytes": b, "trained_at_records": r} for i, b, r in
                             db.execute("SELECT id, length(data), records FROM dictionaries ORDER BY id")]
             aliases = db.execute("SELECT count(*) FROM aliases").fetchone()[0] if self._has("aliases") else 0
