@@ -252,7 +252,8 @@ def compact(
     store: Path = typer.Option(..., "--store", help=STORE_HELP),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Recompress records with the newest dictionary at the compaction level, then rewrite the file densely."""
+    """Seal older records into compressed blocks, recompress the rest with the newest dictionary at
+    the compaction level, then rewrite the file densely (what the node's writer does while idle)."""
     cfg = _config(config)
     opened = _open_store(store, readonly=False, settings=cfg.store)
     try:
@@ -261,7 +262,8 @@ def compact(
         opened.checkpoint()
     finally:
         opened.close()
-    print(f"recompressed {result['recompressed']} records; file {before:,} -> {store.stat().st_size:,} bytes")
+    print(f"sealed {result['sealed']} records into blocks, recompressed {result['recompressed']}; "
+          f"file {before:,} -> {store.stat().st_size:,} bytes")
 
 
 @app.command()

@@ -140,8 +140,11 @@ def test_push_builds_the_dataset_and_stops_at_the_upload(tmp_path, chitchat):
 def test_maintenance_commands(tmp_path, chitchat):
     db = tmp_path / "node.db"
     make_store(db, chitchat, "local")
-    result = swarmloop("compact", "--store", str(db))
-    assert result.returncode == 0 and "recompressed 30 records" in result.stdout
+    config = tmp_path / "store.toml"
+    config.write_text("[store]\nseal_block_records = 8\n")
+    result = swarmloop("compact", "--store", str(db), "--config", str(config))
+    assert result.returncode == 0 and "sealed 24 records into blocks, recompressed 6" in result.stdout
+    assert json.loads(swarmloop("stats", "--store", str(db), "--json").stdout)["traces"] == 30
     result = swarmloop("prune", "--store", str(db), "--max-age-days", "0.00001")
     assert result.returncode == 0 and "deleted 30 traces by age" in result.stdout
     assert json.loads(swarmloop("stats", "--store", str(db), "--json").stdout)["traces"] == 0
