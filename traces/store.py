@@ -16,7 +16,10 @@ Layout (schema version 2):
 
 Durability: WAL journal with synchronous=FULL, one transaction per batch, so a record is on disk
 once add_traces returns, and a kill -9 at any moment leaves either the whole batch or none of it.
-A record keeps its seq for life, whether hot or sealed, so feedback, pairs and aliases point at it.
+A record keeps its seq for life, whether hot or sealed, so feedback, pairs and aliases point at it,
+and a seq is never reused after a deletion (meta 'seq_high'), so a cached block is never stale.
+Reads that take several statements run in one snapshot (a read transaction), so a seal or a
+retention pass committed by another connection is seen wholly or not at all.
 Schema 1 stores (no blocks) open unchanged; the first sealing marks the store as schema 2, which
 older code refuses to open rather than miss the sealed records.
 Exact dedup: a hash of the normalized prompt and replies (case folded, whitespace removed) is
@@ -53,10 +56,15 @@ from traces.schemas import (
 )
 
 STORE_SCHEMA_VERSION = 2
+_SCHEMA_WITHOUT_BLOCKS = 1  # a store that never sealed stays readable by the code before blocks
 _BLOCK_CACHE = 8            # decompressed blocks kept (a block of 128 chat records is ~90 KB)
 CONSENT_CODES = {"local": 1, "share": 2}
 CONSENT_NAMES = {code: name for name, code in CONSENT_CODES.items()}
 _FETCH = 512
+# Counts, compaction and retention read these few columns of every block; the indexes keep them
+# from paging through the rows, whose leaf cells hold the first few KB of each block's data.
+_BLOCK_INDEXES = """CREATE INDEX IF NOT EXISTS blocks_dict ON blocks(dict, records);
+CREATE INDEX IF NOT EXISTS blocks_created ON blocks(created_min)"""
 _WHITESPACE = b" \t\r\n\x0b\x0c"
 
 _SCHEMA = """
@@ -103,8 +111,8 @@ CREATE TABLE IF NOT EXISTS blocks(
     dict INTEGER NOT NULL,
     data BLOB NOT NULL);
 -- h: the 31-bit id hash (>= 0) or -1 - the 31-bit content hash (< 0): 4 bytes either way
-CREATE TABLE IF NOT EXISTS sealed_keys(h INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (h, seq)) WITHOUT ROWID
-""",
+CREATE TABLE IF NOT EXISTS sealed_keys(h INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (h, seq)) WITHOUT ROWID;
+""" + _BLOCK_INDEXES,
     "pairs": """
 CREATE TABLE IF NOT EXISTS pairs(
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, kind TEXT NOT NULL, origin TEXT NOT NULL,
@@ -302,6 +310,7 @@ class TraceStore:
         self._sources: dict[tuple[str, str, str, str], int] = {}
         self._source_rows: dict[int, dict[str, str]] = {}
         self._tables: set[str] = set()
+        self._schema_seen = -1
         self._block_cache: OrderedDict[tuple[int, int, int, int], list[BlockRecord]] = OrderedDict()
         try:
             if readonly:
@@ -337,8 +346,11 @@ class TraceStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(STORE_SCHEMA_VERSION),))
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(_SCHEMA_WITHOUT_BLOCKS),))
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+                if self._has("blocks"):                # sealed by code that did not index blocks yet
+                    for statement in _BLOCK_INDEXES.split(";"):
+                        db.execute(statement)
         else:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "traces" not in tables:
@@ -350,14 +362,22 @@ class TraceStore:
             self.codec.add_dictionary(dict_id, data)
         for row in db.execute("SELECT id, node_id, model_ref, model_version, weights_sha256 FROM sources"):
             self._remember_source(row)
-        self._count = db.execute("SELECT count(*) FROM traces").fetchone()[0]
+        self._count = self._stored_count()
+
+    def _stored_count(self) -> int:
+        count = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
         if self._has("blocks"):
-            self._count += db.execute("SELECT coalesce(sum(records), 0) FROM blocks").fetchone()[0]
+            count += self._db.execute("SELECT coalesce(sum(records), 0) FROM blocks").fetchone()[0]
+        return count
 
     def _has(self, table: str) -> bool:
-        """Does the (lazily created) table exist? Another connection may have created it."""
+        """Does the (lazily created) table exist? Another connection may have created it: the
+        schema cookie (a header read) says when the table list is worth reading again."""
         if table not in self._tables:
-            self._tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            cookie = self._db.execute("PRAGMA schema_version").fetchone()[0]
+            if cookie != self._schema_seen:
+                self._schema_seen = cookie
+                self._tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         return table in self._tables
 
     def _ensure(self, table: str) -> None:
@@ -386,6 +406,22 @@ class TraceStore:
                 raise
             self._db.execute("COMMIT")
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Run a group of reads in one read transaction: in WAL mode it sees one committed state,
+        so a seal or retention pass committed by another connection meanwhile is seen wholly or
+        not at all (without it, a record moving from a row into a block could be missed or counted
+        twice). Inside a write transaction that transaction is the snapshot."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield
+                return
+            self._db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._db.execute("COMMIT")          # a read transaction: this only ends it
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -413,7 +449,9 @@ class TraceStore:
         return self.get_meta("consent")
 
     def __len__(self) -> int:
-        return self._count
+        """Stored traces, as committed now (another connection may have added or deleted some)."""
+        with self._snapshot():
+            return self._stored_count()
 
     # ------------------------------------------------------------------ writing traces
 
@@ -436,7 +474,13 @@ class TraceStore:
 
     def _next_seq(self) -> int:
         hot = self._db.execute("SELECT max(seq) FROM traces").fetchone()[0] or 0
-        return max(hot, self._sealed_max()) + 1
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'seq_high'").fetchone()
+        return max(hot, self._sealed_max(), int(row[0]) if row else 0) + 1
+
+    def _keep_seq_high(self) -> None:
+        """Before a deletion: remember the highest seq ever given, so deleting the newest records
+        never lets a seq (and with it a cached block's key) be reused."""
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('seq_high', ?)", (str(self._next_seq() - 1),))
 
     def add_traces(self, traces: Sequence[Trace]) -> list[bool]:
         """Store already-redacted traces in one transaction. Returns, per trace, True when it was
@@ -511,8 +555,9 @@ class TraceStore:
         self._load_new_dictionaries()              # trained by another connection meanwhile?
         if self.codec.latest != NO_DICTIONARY:
             return
-        samples = [self._decompress(payload, dict_id) for dict_id, payload in self._db.execute(
-            "SELECT dict, payload FROM traces ORDER BY seq DESC LIMIT 4000")]
+        samples = self._dictionary_samples(4000)      # hot and sealed: compact() may have sealed most
+        if len(samples) < 10:
+            return
         self._add_dictionary(samples)
         # Delete and re-insert rather than update in place: every record is being rewritten, so
         # re-inserting appends them densely instead of leaving holes in half-empty pages.
@@ -593,10 +638,17 @@ class TraceStore:
             dropped = self._drop_unused_dictionaries(latest) if remaining == 0 else 0
         worked = bool(rows or sealed or resealed)
         vacuumed = False
-        if vacuum and remaining == 0 and worked and self.slack_share() >= settings.compaction_vacuum_share:
+        # VACUUM rewrites the whole file: only when it would give back `compaction_vacuum_share`
+        # more than the last one left (some slack is structural: the last page of each block,
+        # half-full index pages), else the writer's idle steps would rewrite a large store after
+        # every block they seal.
+        share = settings.compaction_vacuum_share
+        if vacuum and remaining == 0 and worked and \
+                (share == 0 or self.slack_share() - float(self.get_meta("vacuum_slack") or 0) >= share):
             with self._lock:
                 self._db.execute("VACUUM")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.set_meta("vacuum_slack", f"{self.slack_share():.4f}")
             vacuumed = True
         return {"recompressed": len(rows) + resealed, "sealed": sealed, "remaining": remaining,
                 "vacuumed": vacuumed, "dictionary": latest, "dictionaries_dropped": dropped}
@@ -627,8 +679,9 @@ class TraceStore:
     # ------------------------------------------------------------------ sealed blocks
 
     def _block_records(self, first: int, last: int, records: int, dict_id: int) -> list[BlockRecord]:
-        """The records of one block (cached: iteration and lookups often hit the same block).
-        Empty when the block changed or went since its row was read (another connection)."""
+        """The records of one block (cached: iteration and lookups often hit the same block). Call
+        it in the snapshot its row was read in. The key cannot go stale: records only ever leave a
+        block and seqs are never reused, so (first, last, records) names one content for life."""
         key = (first, last, records, dict_id)
         cached = self._block_cache.get(key)
         if cached is not None:
@@ -684,7 +737,7 @@ class TraceStore:
         """Move the oldest hot records into blocks of `seal_block_records`, whole blocks only (the
         newest few stay hot until a block is full). Returns the number of records sealed."""
         size = self.settings.seal_block_records
-        if size < 2:
+        if size < 2 or budget == 0:
             return 0
         hot = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
         blocks = hot // size if budget < 0 else min(hot // size, max(1, budget // size))
@@ -771,7 +824,7 @@ class TraceStore:
     def find_seq(self, trace_id: str) -> int | None:
         """The row holding `trace_id` (directly, or as the duplicate of a kept trace)."""
         key = hash31(trace_id.encode())
-        with self._lock:
+        with self._snapshot():
             for seq, dict_id, payload in self._db.execute(
                     "SELECT seq, dict, payload FROM traces WHERE key = ?", (key,)):
                 if decode_payload(self._decompress(payload, dict_id))[0]["id"] == trace_id:
@@ -791,7 +844,7 @@ class TraceStore:
         return self.find_seq(trace_id) is not None
 
     def record_by_seq(self, seq: int) -> TraceRecord | None:
-        with self._lock:
+        with self._snapshot():
             row = self._db.execute(f"SELECT {self._COLUMNS} FROM traces WHERE seq = ?", (seq,)).fetchone()
             sealed = self._sealed(seq) if row is None else None
         if row:
@@ -799,8 +852,9 @@ class TraceStore:
         return self._sealed_record(sealed) if sealed is not None else None
 
     def get_trace(self, trace_id: str) -> Trace | None:
-        seq = self.find_seq(trace_id)
-        record = self.record_by_seq(seq) if seq is not None else None
+        with self._snapshot():
+            seq = self.find_seq(trace_id)
+            record = self.record_by_seq(seq) if seq is not None else None
         return record.to_trace() if record else None
 
     def _source_ids(self, model_version: str | Sequence[str] | None) -> list[int]:
@@ -840,16 +894,17 @@ class TraceStore:
         last, remaining = 0, limit if limit is not None else -1
         while remaining != 0:
             step = _FETCH if remaining < 0 else min(_FETCH, remaining)
-            with self._lock:
-                block = self._db.execute(
-                    "SELECT first, last, records, dict, created_max, summary FROM blocks WHERE first > ? "
-                    "ORDER BY first LIMIT 1", (last,)).fetchone() if self._has("blocks") else None
+            # One snapshot per step: the next block and the rows before it, as one state.
+            with self._snapshot():
+                block = self._block_after(last)
                 rows = self._db.execute(sql, (*params, last, block[0] if block else 2**62, step)).fetchall()
+                sealed = self._block_matches(block, last, wanted, since_s, consent_code, min_choices) \
+                    if block is not None and not rows else []
             if rows:
                 records = [self._record(row) for row in rows]
                 last = rows[-1][0]
             elif block is not None:
-                records = self._block_matches(block, wanted, since_s, consent_code, min_choices)
+                records = [self._sealed_record(record) for record in sealed]
                 last = block[1]
             else:
                 return
@@ -862,10 +917,23 @@ class TraceStore:
                     if remaining == 0:
                         return
 
-    def _block_matches(self, block: tuple, sources: set[int], since: float | None, consent: int,
-                       min_choices: int) -> list[TraceRecord]:
-        """The records of a block that pass the filters; the block's summary rules most blocks out
-        without opening them."""
+    def _block_after(self, seq: int) -> tuple | None:
+        """The block holding the first record after `seq`, else the next block. The first may start
+        at or before `seq`: another connection sealed rows this reader had partly read."""
+        if not self._has("blocks"):
+            return None
+        columns = "first, last, records, dict, created_max, summary"
+        row = self._db.execute(f"SELECT {columns} FROM blocks WHERE first <= ? ORDER BY first DESC LIMIT 1",
+                               (seq + 1,)).fetchone()
+        if row is not None and row[1] > seq:
+            return row
+        return self._db.execute(f"SELECT {columns} FROM blocks WHERE first > ? ORDER BY first LIMIT 1",
+                                (seq,)).fetchone()
+
+    def _block_matches(self, block: tuple, after: int, sources: set[int], since: float | None, consent: int,
+                       min_choices: int) -> list[BlockRecord]:
+        """The records of a block after seq `after` that pass the filters; the block's summary
+        rules most blocks out without opening them."""
         first, last, records, dict_id, created_max, summary = block
         counts = json.loads(summary)
         if since is not None and created_max < int(since):
@@ -876,14 +944,11 @@ class TraceStore:
             return []
         if counts["max_choices"] < min_choices:
             return []
-        with self._lock:
-            unpacked = self._block_records(first, last, records, dict_id)
         out = []
-        for sealed in unpacked:
-            if sealed.source in sources and sealed.consent >= consent:
-                record = self._sealed_record(sealed)
-                if len(record.body["c"]) >= min_choices:
-                    out.append(record)
+        for sealed in self._block_records(first, last, records, dict_id):
+            if sealed.seq > after and sealed.source in sources and sealed.consent >= consent and \
+                    (min_choices <= 1 or len(decode_payload(sealed.payload)[0]["c"]) >= min_choices):
+                out.append(sealed)
         return out
 
     def iter_traces(self, **filters: Any) -> Iterator[Trace]:
@@ -1038,6 +1103,8 @@ class TraceStore:
     def _delete_traces(self, where: str, params: Sequence[Any]) -> int:
         """Delete hot rows matching `where`, with their feedback, pairs and aliases."""
         seqs = [row[0] for row in self._db.execute(f"SELECT seq FROM traces WHERE {where}", params)]
+        if seqs:
+            self._keep_seq_high()
         for i in range(0, len(seqs), 900):
             chunk = seqs[i:i + 900]
             self._db.execute(f"DELETE FROM traces WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
@@ -1058,6 +1125,7 @@ class TraceStore:
             gone = [(r, body) for r, body in zip(unpacked, bodies) if doomed(r, body[0]["t"])]
             if not gone:
                 continue
+            self._keep_seq_high()
             self._db.execute("DELETE FROM blocks WHERE first = ?", (first,))
             keys = [(hash31(body["id"].encode()), r.seq) for r, (body, _) in gone]
             keys += [(-1 - hash31(norm), r.seq) for r, (_, norm) in gone]
@@ -1098,6 +1166,8 @@ class TraceStore:
         if max_age_days is not None:
             cutoff = int(now - max_age_days * 86400)
             with self._transaction():
+                # Every source: naming them lets SQLite use the (source, created) index.
+                self._refresh_sources()
                 sources = ",".join(str(s) for s in sorted(self._source_rows)) or "NULL"
                 deleted_age = self._delete_traces(f"source IN ({sources}) AND created < ?", (cutoff,))
                 deleted_age += self._delete_sealed("created_min < ?", (cutoff,),
@@ -1122,7 +1192,7 @@ class TraceStore:
 
     def count_by_consent(self) -> dict[str, int]:
         """Stored traces by consent level."""
-        with self._lock:
+        with self._snapshot():
             counts = {CONSENT_NAMES[c]: n for c, n in
                       self._db.execute("SELECT consent, count(*) FROM traces GROUP BY consent")}
             for summary in self._block_summaries():
@@ -1139,7 +1209,7 @@ class TraceStore:
 
     def stats(self) -> dict[str, Any]:
         """Counts by model version, consent and redaction type; feedback, pairs and bytes."""
-        with self._lock:
+        with self._snapshot():
             self._refresh_sources()
             db = self._db
             by_source = dict(db.execute("SELECT source, count(*) FROM traces GROUP BY source").fetchall())
@@ -1181,12 +1251,13 @@ class TraceStore:
             dictionaries = [{"id": i, "bytes": b, "trained_at_records": r} for i, b, r in
                             db.execute("SELECT id, length(data), records FROM dictionaries ORDER BY id")]
             aliases = db.execute("SELECT count(*) FROM aliases").fetchone()[0] if self._has("aliases") else 0
+            traces = self._stored_count()
         files = [self.path, Path(f"{self.path}-wal")]
         return {
             "path": str(self.path),
             "node_id": self.get_meta("node_id"),
             "node_consent": self.node_consent,
-            "traces": self._count,
+            "traces": traces,
             "duplicates_seen": aliases,
             "traces_with_n_choices": multi,
             "by_model_version": dict(sorted(by_version.items())),

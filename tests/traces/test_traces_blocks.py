@@ -144,3 +144,71 @@ def test_iteration_meets_the_records_another_connection_seals_meanwhile(db, chit
         seen += [record.id for record in records]
         assert len(seen) == len(set(seen)) == len(writer)
         assert seen == [r.id for r in writer.iter_records()]
+
+
+def test_filtered_iteration_with_a_limit_survives_a_seal_that_splits_its_page(db, chitchat, privacy):
+    # Blocks of 24 against pages of 512 rows: the seal puts the reader's next record in the middle
+    # of a block that starts before where it stopped.
+    settings = SEALED.model_copy(update={"seal_block_records": 24})
+    traces = [t.model_copy(update={"created_at": 1000.0 + i}) for i, t in enumerate(redact_traces(privacy, chitchat[:1100]))]
+    with TraceStore(db, settings=settings) as writer, TraceStore(db, readonly=True) as reader:
+        kept = [t for t, new in zip(traces, writer.add_traces(traces)) if new]    # chitchat repeats a few
+        plain, recent = reader.iter_records(limit=700), reader.iter_records(since=1100.0, limit=800)
+        seen_plain = [next(plain).id for _ in range(512)]               # one whole page each, no more
+        seen_recent = [next(recent).id for _ in range(512)]
+        assert writer.compact()["sealed"] == len(kept) // 24 * 24 > 900
+        seen_plain += [record.id for record in plain]
+        seen_recent += [record.id for record in recent]
+        assert seen_plain == [t.id for t in kept[:700]]
+        assert seen_recent == [t.id for t in kept if t.created_at >= 1100.0][:800]
+
+
+def test_deleting_the_oldest_across_blocks_and_rows_takes_their_pairs_aliases_and_counts(db, chitchat, privacy):
+    traces = mixed_traces(chitchat, privacy)
+    later = redact_traces(privacy, chitchat[100:160])
+    with TraceStore(db, settings=SEALED) as store:
+        store.add_traces(traces)
+        store.add_traces([traces[20].model_copy(update={"id": "chatcmpl-dup-of-20"})])
+        assert store.compact()["sealed"] == 96
+        store.add_traces(later)                                         # 4 + 60 hot rows after 6 blocks
+        for trace in (traces[20], traces[99], later[9], later[10]):
+            store.record_feedback(Feedback(id=f"f-{trace.id}", trace_id=trace.id, thumbs=1))
+        with store._transaction():
+            assert store._delete_oldest(110) == 110                     # every block, then 14 rows
+        kept = (traces + later)[110:]
+        assert [r.id for r in store.iter_records()] == [t.id for t in kept]
+        assert len(store) == store.stats()["traces"] == 50
+        assert store.count_by_consent() == {"local": 50}                # the share ones were all sealed
+        assert store.get_trace("chatcmpl-dup-of-20") is None            # its alias went with it
+        assert sorted(f.trace_id for f in store.iter_feedback()) == sorted([later[10].id])
+        assert [p.prompt[-1].content for p in store.iter_pairs("kto")] == [later[10].messages[-1].content]
+        assert store._db.execute("SELECT count(*) FROM sealed_keys").fetchone()[0] == 0
+
+
+def test_a_store_emptied_and_refilled_never_reuses_a_seq_or_serves_a_stale_block(db, chitchat, privacy):
+    old = redact_traces(privacy, chitchat[:100])
+    new = redact_traces(privacy, chitchat[100:200])
+    with TraceStore(db, settings=SEALED) as writer, TraceStore(db, readonly=True) as reader:
+        writer.add_traces(old)
+        writer.compact()
+        assert reader.get_trace(old[3].id) == old[3]                    # the reader caches block 1..16
+        assert writer.apply_retention(max_bytes=1)["deleted_by_size"] == 100
+        assert len(reader) == 0 and list(reader.iter_records()) == [] and reader.count_by_consent() == {}
+        assert writer.add_traces(old[:5] + new) == [True] * 105         # deleted twins dedup nothing
+        writer.compact()
+        assert min(writer.find_seq(t.id) for t in old[:5] + new) > 100
+        assert all(reader.get_trace(t.id) == t for t in old[:5] + new)
+        assert reader.get_trace(old[50].id) is None
+        assert [r.to_trace() for r in reader.iter_records()] == old[:5] + new
+
+
+def test_compaction_rewrites_the_file_once_not_after_every_block_it_seals(db, chitchat, privacy):
+    traces = redact_traces(privacy, chitchat[:1200])
+    with TraceStore(db, settings=SEALED) as store:
+        store.add_traces(traces[:1000])
+        assert store.compact()["vacuumed"]                              # 62 blocks' worth of rows freed
+        for start in range(1000, 1200, 16):                             # the idle writer, block by block
+            store.add_traces(traces[start:start + 16])
+            step = store.compact()
+            assert step["sealed"] in (0, 16) and not step["vacuumed"]
+        assert store.slack_share() < 0.5 and store.integrity_check() == "ok"
