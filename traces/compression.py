@@ -6,9 +6,15 @@ doubles the ratio. Dictionaries are versioned: id 0 means "no dictionary", ids 1
 the store's `dictionaries` table, and every record names the id it was compressed with, so records
 stay readable after a newer dictionary is trained. Frames are written without the 4-byte magic
 number and without a checksum (SQLite pages have their own integrity; the store checks the JSON).
+
+zstandard's compressor and decompressor objects must not be used by two threads at once (a shared
+one crashed the process in a 4-thread check), and a node's server reads its store from many
+threads: each thread gets its own, built once per dictionary.
 """
 
 from __future__ import annotations
+
+import threading
 
 import zstandard as zstd
 
@@ -18,9 +24,17 @@ NO_DICTIONARY = 0
 class Codec:
     def __init__(self, level: int = 3) -> None:
         self.level = level
-        self._dicts: dict[int, zstd.ZstdCompressionDict] = {}
-        self._compressors: dict[tuple[int, int], zstd.ZstdCompressor] = {}
-        self._decompressors: dict[int, zstd.ZstdDecompressor] = {}
+        self._dicts: dict[int, bytes] = {}
+        self._generation = 0          # bumped when a dictionary is added: per-thread caches reset
+        self._local = threading.local()
+
+    def _cache(self) -> threading.local:
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            local.generation = self._generation
+            local.compressors = {}
+            local.decompressors = {}
+        return local
 
     @staticmethod
     def _params(level: int) -> zstd.ZstdCompressionParameters:
@@ -29,9 +43,8 @@ class Codec:
             write_dict_id=0)
 
     def add_dictionary(self, dict_id: int, data: bytes) -> None:
-        self._dicts[dict_id] = zstd.ZstdCompressionDict(data, dict_type=zstd.DICT_TYPE_AUTO)
-        self._compressors = {k: v for k, v in self._compressors.items() if k[0] != dict_id}
-        self._decompressors.pop(dict_id, None)
+        self._dicts[dict_id] = bytes(data)
+        self._generation += 1
 
     def has(self, dict_id: int) -> bool:
         return dict_id == NO_DICTIONARY or dict_id in self._dicts
@@ -42,26 +55,29 @@ class Codec:
 
     def compressor(self, dict_id: int, level: int | None = None) -> zstd.ZstdCompressor:
         level = level or self.level
-        compressor = self._compressors.get((dict_id, level))
+        compressors = self._cache().compressors
+        compressor = compressors.get((dict_id, level))
         if compressor is None:
             params = self._params(level)
             dictionary = None
             if dict_id:
                 # A dictionary digested once for these parameters, not at every compress() call.
-                dictionary = zstd.ZstdCompressionDict(self._dicts[dict_id].as_bytes(), dict_type=zstd.DICT_TYPE_AUTO)
+                dictionary = zstd.ZstdCompressionDict(self._dicts[dict_id], dict_type=zstd.DICT_TYPE_AUTO)
                 dictionary.precompute_compress(compression_params=params)
             compressor = zstd.ZstdCompressor(dict_data=dictionary, compression_params=params)
-            self._compressors[(dict_id, level)] = compressor
+            compressors[(dict_id, level)] = compressor
         return compressor
 
     def decompressor(self, dict_id: int) -> zstd.ZstdDecompressor:
-        decompressor = self._decompressors.get(dict_id)
+        decompressors = self._cache().decompressors
+        decompressor = decompressors.get(dict_id)
         if decompressor is None:
             if dict_id and dict_id not in self._dicts:
                 raise KeyError(f"record compressed with dictionary {dict_id}, which the store does not hold")
-            dictionary = self._dicts.get(dict_id) if dict_id else None
+            dictionary = zstd.ZstdCompressionDict(self._dicts[dict_id], dict_type=zstd.DICT_TYPE_AUTO) \
+                if dict_id else None
             decompressor = zstd.ZstdDecompressor(dict_data=dictionary, format=zstd.FORMAT_ZSTD1_MAGICLESS)
-            self._decompressors[dict_id] = decompressor
+            decompressors[dict_id] = decompressor
         return decompressor
 
     def compress(self, data: bytes, dict_id: int, level: int | None = None) -> bytes:

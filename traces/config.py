@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PII_TYPES = (
     "EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL_CREDENTIALS", "US_SSN",
@@ -66,6 +66,13 @@ class StoreSettings(BaseModel):
     feedback_wait_s: float = Field(default=1.0, ge=0)
     # Parquet shards written by `swarmloop traces export`.
     export_shard_rows: int = Field(default=50_000, ge=1)
+
+    @field_validator("seal_block_records")
+    @classmethod
+    def _a_block_holds_two(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("a block of one record saves nothing: use 0 (never seal) or at least 2")
+        return value
 
 
 class TracesConfig(BaseModel):

@@ -311,6 +311,7 @@ class TraceStore:
         self._source_rows: dict[int, dict[str, str]] = {}
         self._tables: set[str] = set()
         self._schema_seen = -1
+        self._ready = False
         self._block_cache: OrderedDict[tuple[int, int, int, int], list[BlockRecord]] = OrderedDict()
         try:
             if readonly:
@@ -322,7 +323,11 @@ class TraceStore:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._setup()
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, StoreError) as exc:
+            if hasattr(self, "_db"):
+                self._db.close()
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"{self.path}: not a usable trace store ({exc})") from None
 
     # ------------------------------------------------------------------ setup
@@ -332,6 +337,8 @@ class TraceStore:
         db.execute("PRAGMA busy_timeout = 10000")
         if not self.readonly:
             fresh = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+            if not fresh:
+                self._check_version()                  # before changing anything in a newer store
             if fresh:
                 # Both must precede the first table. Incremental auto-vacuum lets retention give space
                 # back without a full VACUUM; the page size is the settings' (why 4 KB: traces/config.py).
@@ -355,14 +362,20 @@ class TraceStore:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "traces" not in tables:
                 raise StoreError(f"{self.path}: not a trace store (no traces table)")
-        version = int(self.get_meta("schema_version") or 0)
-        if version > STORE_SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: store schema {version} is newer than this code ({STORE_SCHEMA_VERSION})")
+        self._check_version()
         for dict_id, data in db.execute("SELECT id, data FROM dictionaries"):
             self.codec.add_dictionary(dict_id, data)
         for row in db.execute("SELECT id, node_id, model_ref, model_version, weights_sha256 FROM sources"):
             self._remember_source(row)
         self._count = self._stored_count()
+        self._ready = True
+
+    def _check_version(self) -> None:
+        if "meta" not in {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}:
+            return
+        version = int(self.get_meta("schema_version") or 0)
+        if version > STORE_SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema {version} is newer than this code ({STORE_SCHEMA_VERSION})")
 
     def _stored_count(self) -> int:
         count = self._db.execute("SELECT count(*) FROM traces").fetchone()[0]
@@ -400,11 +413,34 @@ class TraceStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if self._ready:
+                    # Another process (`swarmloop traces compact`) may have trained a newer
+                    # dictionary and dropped the one this object would otherwise write with.
+                    self._load_new_dictionaries()
                 yield
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:       # SQLite rolls some errors (disk full) back itself
+                    self._db.execute("ROLLBACK")
+                self._reload_state()
                 raise
-            self._db.execute("COMMIT")
+
+    def _reload_state(self) -> None:
+        """After a rollback: drop what this object cached about the file (a dictionary trained, a
+        table or source created, a count changed inside the transaction), and read it again."""
+        self.codec = Codec(self.settings.compression_level)
+        self._sources.clear()
+        self._source_rows.clear()
+        self._tables, self._schema_seen = set(), -1
+        self._block_cache.clear()
+        try:
+            for dict_id, data in self._db.execute("SELECT id, data FROM dictionaries"):
+                self.codec.add_dictionary(dict_id, data)
+            for row in self._db.execute("SELECT id, node_id, model_ref, model_version, weights_sha256 FROM sources"):
+                self._remember_source(row)
+            self._count = self._stored_count()
+        except sqlite3.Error:
+            pass            # the connection itself failed: the next call reports it
 
     @contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -591,6 +627,10 @@ class TraceStore:
 
     def slack_share(self) -> float:
         """Share of the file that is not record data (free pages, half-empty pages, headers)."""
+        return self._slack()[0]
+
+    def _slack(self) -> tuple[float, int]:
+        """(slack share, bytes of record data)."""
         with self._lock:
             used = sum(self._db.execute(f"SELECT coalesce(sum(length(payload)), 0) + 48 * count(*) FROM {table}")
                        .fetchone()[0] for table in ("traces", "feedback", "pairs") if self._has(table))
@@ -600,7 +640,7 @@ class TraceStore:
             used += self._db.execute("SELECT coalesce(sum(length(data)), 0) FROM dictionaries").fetchone()[0]
             pages = self._db.execute("PRAGMA page_count").fetchone()[0]
             size = self._db.execute("PRAGMA page_size").fetchone()[0]
-        return max(0.0, 1.0 - used / (pages * size)) if pages else 0.0
+        return (max(0.0, 1.0 - used / (pages * size)) if pages else 0.0), used
 
     def compact(self, max_records: int | None = None, vacuum: bool = True) -> dict[str, Any]:
         """Train a new dictionary when the store has grown by `dictionary_retrain_factor`; seal the
@@ -612,7 +652,7 @@ class TraceStore:
         settings = self.settings
         with self._transaction():
             db = self._db
-            self._load_new_dictionaries()          # another process may have compacted meanwhile
+            self._count = self._stored_count()     # another process may have pruned meanwhile
             trained_at = db.execute("SELECT max(records) FROM dictionaries").fetchone()[0] or 0
             due = (self._count >= settings.dictionary_min_records if trained_at == 0
                    else self._count >= trained_at * settings.dictionary_retrain_factor)
@@ -638,20 +678,33 @@ class TraceStore:
             dropped = self._drop_unused_dictionaries(latest) if remaining == 0 else 0
         worked = bool(rows or sealed or resealed)
         vacuumed = False
-        # VACUUM rewrites the whole file: only when it would give back `compaction_vacuum_share`
-        # more than the last one left (some slack is structural: the last page of each block,
-        # half-full index pages), else the writer's idle steps would rewrite a large store after
-        # every block they seal.
-        share = settings.compaction_vacuum_share
-        if vacuum and remaining == 0 and worked and \
-                (share == 0 or self.slack_share() - float(self.get_meta("vacuum_slack") or 0) >= share):
+        if vacuum and remaining == 0 and worked and self._vacuum_due():
             with self._lock:
                 self._db.execute("VACUUM")
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self.set_meta("vacuum_slack", f"{self.slack_share():.4f}")
+            slack, used = self._slack()
+            self.set_meta("vacuum_slack", f"{slack:.4f}:{used}")
             vacuumed = True
         return {"recompressed": len(rows) + resealed, "sealed": sealed, "remaining": remaining,
                 "vacuumed": vacuumed, "dictionary": latest, "dictionaries_dropped": dropped}
+
+    def _vacuum_due(self) -> bool:
+        """VACUUM rewrites the whole file: only when it would give back `compaction_vacuum_share`
+        more than the last one left. Some slack is structural (the last page of each block, half-full
+        index pages) and can exceed the share, and then the writer's idle steps would rewrite a large
+        store after every block they seal. That baseline holds while the data stays within 2x of its
+        size at the last VACUUM (a small store's is no guide to a large one's)."""
+        share = self.settings.compaction_vacuum_share
+        slack, used = self._slack()
+        if share == 0:
+            return True
+        last = self.get_meta("vacuum_slack")
+        baseline = 0.0
+        if last and ":" in last:
+            last_slack, last_used = last.split(":")
+            if int(last_used) / 2 <= used <= 2 * int(last_used):
+                baseline = float(last_slack)
+        return slack - baseline >= share
 
     def _dictionary_samples(self, limit: int) -> list[bytes]:
         """Up to `limit` payloads spread over the whole store, hot and sealed."""
@@ -660,7 +713,7 @@ class TraceStore:
             "SELECT dict, payload FROM traces WHERE seq % ? = 0 LIMIT ?", (step, limit))]
         if self._has("blocks"):
             blocks = self._db.execute("SELECT first, last, records, dict FROM blocks ORDER BY first").fetchall()
-            sealed = [r.payload for block in blocks[::max(1, len(blocks) // 64)]    # at most ~64 opened
+            sealed = [r.payload for block in blocks[::max(1, len(blocks) // 64)]    # at most ~128 opened
                       for r in self._block_records(*block)]
             samples += sealed[::max(1, len(sealed) // limit)]
         return samples[::max(1, len(samples) // limit)][:limit]
@@ -870,7 +923,8 @@ class TraceStore:
         `consent="local"` (or None) yields all; `since` is unix seconds or a datetime.
 
         Sealed blocks and hot rows are read in one seq order, a block or a page of rows at a
-        time, so records another connection seals meanwhile are still met (in their block)."""
+        time, each step in one snapshot, so records another connection seals meanwhile are still
+        met (in their block). Records of a model (source) first seen after the call began are not."""
         with self._lock:
             self._refresh_sources()
             sources = self._source_ids(model_version)
@@ -1178,9 +1232,9 @@ class TraceStore:
                 if live <= max_bytes or self._count == 0:
                     break
                 share = (live - max_bytes) / live
-                batch = max(1, int(self._count * share * 1.05) + 1)
                 with self._transaction():
-                    deleted_size += self._delete_oldest(batch)
+                    self._count = self._stored_count()     # another process may have pruned meanwhile
+                    deleted_size += self._delete_oldest(max(1, int(self._count * share * 1.05) + 1))
                 with self._lock:
                     self._db.execute("PRAGMA incremental_vacuum")
         if deleted_age:
