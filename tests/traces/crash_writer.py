@@ -35,8 +35,8 @@ def say(line: str) -> None:
 
 def hook_store(store, pause_every: int = 4) -> None:
     state = {"batch": [], "batches": 0, "compacting": False}
-    add_traces, train, compact, mark, slack = (store.add_traces, store._maybe_train_dictionary, store.compact,
-                                               store._compaction_mark, store.slack_share)
+    add_traces, train, compact, mark, vacuum_due = (store.add_traces, store._maybe_train_dictionary, store.compact,
+                                                    store._compaction_mark, store._vacuum_due)
 
     def hooked_add_traces(traces):
         state["batch"] = [t.id for t in traces]
@@ -65,13 +65,14 @@ def hook_store(store, pause_every: int = 4) -> None:
             time.sleep(0.1)
         return mark()
 
-    def hooked_slack():                       # compact() asks right before VACUUM
-        share = slack()
-        say("VACUUM")
-        return share
+    def hooked_vacuum_due():                  # compact() asks right before VACUUM
+        due = vacuum_due()
+        if due:
+            say("VACUUM")
+        return due
 
     store.add_traces, store._maybe_train_dictionary, store.compact = hooked_add_traces, hooked_train, hooked_compact
-    store._compaction_mark, store.slack_share = hooked_mark, hooked_slack
+    store._compaction_mark, store._vacuum_due = hooked_mark, hooked_vacuum_due
 
 
 def main() -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -242,3 +245,18 @@ def test_phone_shortcuts_agree_with_libphonenumber(pii_corpus):
         found = {c for c in candidates if d._is_phone.__wrapped__(c, regions)}
         assert len(found) > 300
         assert found == {c for c in candidates if _is_phone_by_parsing_every_region(c, regions)}
+
+
+def test_loading_spacy_first_leaves_torch_usable_for_transformers():
+    # A process that builds the privacy filter before it trains (a federated client) must still
+    # find torch: spaCy's plugins import parts of transformers while torch is hidden.
+    code = ("from traces.redaction.names import _import_spacy, torch_hidden\n"
+            "spacy = _import_spacy()\n"
+            "with torch_hidden():\n"
+            "    spacy.blank('en')\n"
+            "from transformers.utils import is_torch_available\n"
+            "print(is_torch_available())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "True"

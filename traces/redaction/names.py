@@ -34,6 +34,11 @@ def torch_hidden() -> Iterator[None]:
     finally:
         if hide and sys.modules.get("torch", 0) is None:
             del sys.modules["torch"]
+        if hide:
+            # spaCy's plugins import parts of transformers meanwhile, which then remember "no
+            # torch" for the life of the process; forget them so a later import sees torch.
+            for name in [m for m in sys.modules if m == "transformers" or m.startswith("transformers.")]:
+                del sys.modules[name]
 
 
 def _import_spacy() -> Any:
