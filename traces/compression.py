@@ -46,6 +46,11 @@ class Codec:
         self._dicts[dict_id] = bytes(data)
         self._generation += 1
 
+    def forget_dictionary(self, dict_id: int) -> None:
+        """Drop a dictionary whose row was rolled back (nothing committed can name it)."""
+        if self._dicts.pop(dict_id, None) is not None:
+            self._generation += 1
+
     def has(self, dict_id: int) -> bool:
         return dict_id == NO_DICTIONARY or dict_id in self._dicts
 

@@ -312,6 +312,8 @@ class TraceStore:
         self._tables: set[str] = set()
         self._schema_seen = -1
         self._ready = False
+        self._txn_dictionaries: list[int] = []     # learnt inside the open write transaction
+        self._txn_sources: list[tuple[str, str, str, str]] = []
         self._block_cache: OrderedDict[tuple[int, int, int, int], list[BlockRecord]] = OrderedDict()
         try:
             if readonly:
@@ -373,7 +375,10 @@ class TraceStore:
     def _check_version(self) -> None:
         if "meta" not in {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}:
             return
-        version = int(self.get_meta("schema_version") or 0)
+        value = self.get_meta("schema_version") or "0"
+        if not value.isdigit():
+            raise StoreError(f"{self.path}: store schema version {value!r} is not a number")
+        version = int(value)
         if version > STORE_SCHEMA_VERSION:
             raise StoreError(f"{self.path}: store schema {version} is newer than this code ({STORE_SCHEMA_VERSION})")
 
@@ -411,8 +416,9 @@ class TraceStore:
         if self.readonly:
             raise StoreError(f"{self.path}: opened read-only")
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._txn_dictionaries, self._txn_sources = [], []
             try:
+                self._db.execute("BEGIN IMMEDIATE")
                 if self._ready:
                     # Another process (`swarmloop traces compact`) may have trained a newer
                     # dictionary and dropped the one this object would otherwise write with.
@@ -420,24 +426,24 @@ class TraceStore:
                 yield
                 self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:       # SQLite rolls some errors (disk full) back itself
-                    self._db.execute("ROLLBACK")
-                self._reload_state()
+                try:
+                    if self._db.in_transaction:   # SQLite rolls some errors (disk full) back itself
+                        self._db.execute("ROLLBACK")
+                finally:
+                    self._forget_rolled_back()
                 raise
 
-    def _reload_state(self) -> None:
-        """After a rollback: drop what this object cached about the file (a dictionary trained, a
-        table or source created, a count changed inside the transaction), and read it again."""
-        self.codec = Codec(self.settings.compression_level)
-        self._sources.clear()
-        self._source_rows.clear()
+    def _forget_rolled_back(self) -> None:
+        """After a rollback, forget what this object learnt inside the transaction that the file
+        no longer holds: dictionaries it trained, sources and tables it created, the count. What
+        other connections committed meanwhile (dictionaries it loaded) stays known."""
+        for dict_id in self._txn_dictionaries:
+            self.codec.forget_dictionary(dict_id)
+        for key in self._txn_sources:
+            self._source_rows.pop(self._sources.pop(key, -1), None)
         self._tables, self._schema_seen = set(), -1
         self._block_cache.clear()
         try:
-            for dict_id, data in self._db.execute("SELECT id, data FROM dictionaries"):
-                self.codec.add_dictionary(dict_id, data)
-            for row in self._db.execute("SELECT id, node_id, model_ref, model_version, weights_sha256 FROM sources"):
-                self._remember_source(row)
             self._count = self._stored_count()
         except sqlite3.Error:
             pass            # the connection itself failed: the next call reports it
@@ -499,6 +505,7 @@ class TraceStore:
                 "INSERT INTO sources(node_id, model_ref, model_version, weights_sha256) VALUES (?,?,?,?)", key)
             source_id = cursor.lastrowid
             self._remember_source((source_id, *key))
+            self._txn_sources.append(key)
         return source_id
 
     def _normalized_of(self, seq: int) -> bytes | None:
@@ -609,6 +616,7 @@ class TraceStore:
         data = train_dictionary(samples, self.settings.dictionary_size, dict_id)
         self._db.execute("INSERT INTO dictionaries VALUES (?,?,?,?)", (dict_id, time.time(), self._count, data))
         self.codec.add_dictionary(dict_id, data)
+        self._txn_dictionaries.append(dict_id)
         return dict_id
 
     # ------------------------------------------------------------------ compaction
@@ -695,9 +703,9 @@ class TraceStore:
         store after every block they seal. That baseline holds while the data stays within 2x of its
         size at the last VACUUM (a small store's is no guide to a large one's)."""
         share = self.settings.compaction_vacuum_share
-        slack, used = self._slack()
         if share == 0:
             return True
+        slack, used = self._slack()
         last = self.get_meta("vacuum_slack")
         baseline = 0.0
         if last and ":" in last:

@@ -120,3 +120,21 @@ def test_a_store_from_newer_code_is_refused_and_left_as_it_was(db, chitchat, pri
 def test_a_block_of_one_record_is_refused():
     with pytest.raises(ValueError, match="at least 2"):
         StoreSettings(seal_block_records=1)
+
+
+def test_a_model_first_seen_in_a_failed_batch_is_recorded_when_the_batch_is_retried(db, chitchat, privacy, monkeypatch):
+    traces = redact_traces(privacy, chitchat[:60])
+    v2 = traces[0].model.model_copy(update={"version": "v0002"})
+    retried = [t.model_copy(update={"model": v2}) for t in traces[30:]]
+    with TraceStore(db, settings=SMALL) as store:
+        store.add_traces(traces[:30])
+        with monkeypatch.context() as patch:               # the batch fails as it would commit
+            patch.setattr(store, "_maybe_train_dictionary", lambda: (_ for _ in ()).throw(OSError("disk full")))
+            with pytest.raises(OSError):
+                store.add_traces(retried)
+        with pytest.raises(LookupError):                   # a bad request rolls back too, harmlessly
+            store.record_feedback(Feedback(id="f0", trace_id="chatcmpl-nobody", thumbs=1))
+        assert store.add_traces(retried) == [True] * 30
+        assert store.stats()["by_model_version"] == {traces[0].model.version: 30, "v0002": 30}
+    stored, _ = read_all(db)
+    assert stored == traces[:30] + retried

@@ -24,21 +24,22 @@ def installed_spacy_pipelines() -> list[str]:
 def torch_hidden() -> Iterator[None]:
     """thinc (under spaCy) imports torch when it can, and plugins that spaCy loads through entry
     points may import transformers; the traces package stays torch-free and CPU name pipelines do
-    not need torch, so torch is hidden while spaCy and a pipeline load. Only in a process that has
-    not imported torch or transformers yet (a node server has both already: nothing is hidden)."""
-    hide = "torch" not in sys.modules and "transformers" not in sys.modules
+    not need torch, so torch and transformers are hidden while spaCy and a pipeline load. Hiding
+    transformers too matters: imported while torch is hidden, it would remember "no torch" for the
+    rest of the process (plugins treat its absence as optional). Only in a process that has not
+    imported torch or transformers yet (a node server has both already: nothing is hidden)."""
+    hidden = ("torch", "transformers")
+    hide = not any(name in sys.modules for name in hidden)
     if hide:
-        sys.modules["torch"] = None  # type: ignore[assignment]
+        for name in hidden:
+            sys.modules[name] = None  # type: ignore[assignment]
     try:
         yield
     finally:
-        if hide and sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
         if hide:
-            # spaCy's plugins import parts of transformers meanwhile, which then remember "no
-            # torch" for the life of the process; forget them so a later import sees torch.
-            for name in [m for m in sys.modules if m == "transformers" or m.startswith("transformers.")]:
-                del sys.modules[name]
+            for name in hidden:
+                if sys.modules.get(name, 0) is None:
+                    del sys.modules[name]
 
 
 def _import_spacy() -> Any:
