@@ -25,3 +25,4 @@ def pii_corpus() -> list[dict]:
 @pytest.fixture()
 def db(tmp_path: Path) -> Path:
     return tmp_path / "node.db"
+

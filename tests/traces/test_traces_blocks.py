@@ -13,6 +13,8 @@ from traces.redaction import PrivacyFilter
 from traces.schemas import Choice, Feedback, Message
 from traces.store import TraceStore
 
+from tests.traces.store_helpers import aged_and_fresh
+
 SEALED = StoreSettings(dictionary_min_records=200, dictionary_size=16_384, seal_block_records=16)
 FILTERS = [{}, {"model_version": "v0001"}, {"model_version": "v0000"}, {"since": 1050.5}, {"consent": "share"},
            {"consent": "local"}, {"min_choices": 2}, {"limit": 7}, {"limit": 70, "consent": "share"},
@@ -90,8 +92,7 @@ def test_sealed_records_read_back_whole_by_id_seq_and_every_filter(db, chitchat,
 def test_retention_cuts_through_a_block_exactly(db, chitchat, privacy):
     now = time.time()
     traces = redact_traces(privacy, chitchat[:100])
-    aged = [t.model_copy(update={"created_at": now - 100 * 86400 + i}) for i, t in enumerate(traces[:40])]
-    fresh = [t.model_copy(update={"created_at": now - 300 + i}) for i, t in enumerate(traces[40:])]
+    aged, fresh = aged_and_fresh(traces, 40, now)
     with TraceStore(db, settings=SEALED) as store:
         store.add_traces(aged + fresh)
         assert store.compact()["sealed"] == 96                           # the age cut falls inside block 3

@@ -13,6 +13,8 @@ from traces.redaction import PrivacyFilter
 from traces.schemas import Choice, Feedback, Message
 from traces.store import StoreError, TraceStore
 
+from tests.traces.store_helpers import aged_and_fresh
+
 SMALL = StoreSettings(dictionary_min_records=200, dictionary_size=16_384, page_size=4096)
 HOT_ONLY = SMALL.model_copy(update={"seal_block_records": 0})     # compaction never seals: rows stay one per record
 
@@ -171,8 +173,7 @@ def test_compaction_shrinks_the_file(db, chitchat, privacy):
 def test_retention_by_age_and_by_size(db, chitchat, privacy):
     now = time.time()
     traces = redact_traces(privacy, chitchat[:400])
-    aged = [t.model_copy(update={"created_at": now - 100 * 86400 + i}) for i, t in enumerate(traces[:100])]
-    fresh = [t.model_copy(update={"created_at": now - 300 + i}) for i, t in enumerate(traces[100:])]
+    aged, fresh = aged_and_fresh(traces, 100, now)
     with TraceStore(db, settings=SMALL) as store:
         store.add_traces(aged + fresh)
         store.record_feedback(Feedback(id="f-old", trace_id=aged[0].id, thumbs=-1))
