@@ -337,10 +337,9 @@ class TraceStore:
     def _setup(self) -> None:
         db = self._db
         db.execute("PRAGMA busy_timeout = 10000")
+        self._check_version()                          # before changing anything in a newer store
         if not self.readonly:
             fresh = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
-            if not fresh:
-                self._check_version()                  # before changing anything in a newer store
             if fresh:
                 # Both must precede the first table. Incremental auto-vacuum lets retention give space
                 # back without a full VACUUM; the page size is the settings' (why 4 KB: traces/config.py).
@@ -364,7 +363,6 @@ class TraceStore:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if "traces" not in tables:
                 raise StoreError(f"{self.path}: not a trace store (no traces table)")
-        self._check_version()
         for dict_id, data in db.execute("SELECT id, data FROM dictionaries"):
             self.codec.add_dictionary(dict_id, data)
         for row in db.execute("SELECT id, node_id, model_ref, model_version, weights_sha256 FROM sources"):
@@ -373,7 +371,7 @@ class TraceStore:
         self._ready = True
 
     def _check_version(self) -> None:
-        if "meta" not in {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}:
+        if not self._has("meta"):                      # a new file
             return
         value = self.get_meta("schema_version") or "0"
         if not value.isdigit():
@@ -593,10 +591,8 @@ class TraceStore:
     def _maybe_train_dictionary(self) -> None:
         """Train the first dictionary once there are enough records, and recompress those records
         with it. Later dictionaries are trained by compact(), off the ingest path."""
+        # (a dictionary another connection trained meanwhile was loaded as the transaction began)
         if self.codec.latest != NO_DICTIONARY or self._count < self.settings.dictionary_min_records:
-            return
-        self._load_new_dictionaries()              # trained by another connection meanwhile?
-        if self.codec.latest != NO_DICTIONARY:
             return
         samples = self._dictionary_samples(4000)      # hot and sealed: compact() may have sealed most
         if len(samples) < 10:
@@ -708,7 +704,7 @@ class TraceStore:
         slack, used = self._slack()
         last = self.get_meta("vacuum_slack")
         baseline = 0.0
-        if last and ":" in last:
+        if last:
             last_slack, last_used = last.split(":")
             if int(last_used) / 2 <= used <= 2 * int(last_used):
                 baseline = float(last_slack)
